@@ -1,0 +1,42 @@
+# neuromem: `make demo` runs the main job offline; `make test` runs the whole suite.
+# Both create .venv and install what they need when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Upstream TRIBE v2 code (CC-BY-NC), installed beside the venv for the equivalence tests only.
+UPSTREAM := .upstream
+UPSTREAM_PKGS := cognitive-scoring neuraltrain==0.0.2 neuralset==0.0.2 x_transformers==1.27.20 \
+	exca==0.5.25 einops torchmetrics lightning_utilities submitit orjson ujson mne lazy_loader decorator
+
+.PHONY: test demo lint install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -e ".[dev,assess]"
+	touch $@ $(VENV)/.installed-demo
+
+$(UPSTREAM)/.installed: Makefile | $(PY)
+	rm -rf $(UPSTREAM)
+	$(PY) -m pip install -q --no-deps --target $(UPSTREAM) $(UPSTREAM_PKGS)
+	touch $@
+
+install: $(VENV)/.installed-dev
+
+test: $(VENV)/.installed-dev $(UPSTREAM)/.installed
+	RAY_AUTH_MODE=disabled $(PY) -m pytest tests
+
+demo: $(VENV)/.installed-demo
+	RAY_AUTH_MODE=disabled $(VENV)/bin/neuromem demo --out demo_out
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check neuromem pipelines benchmarks tests
+
+clean:
+	rm -rf $(VENV) $(UPSTREAM) demo_out

@@ -1,0 +1,84 @@
+"""The ``neuromem`` command line: one sub-command per module, imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from neuromem.errors import NeuromemError
+
+# command name -> module defining ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS: dict[str, str] = {
+    "rois": "neuromem.commands.rois",
+    "predict": "neuromem.commands.predict",
+    "demo": "neuromem.commands.demo",
+    "score": "pipelines.score",
+}
+
+
+def _first_line(module_name: str) -> str:
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return ""
+    import ast
+
+    with open(spec.origin, encoding="utf-8") as fh:
+        doc = ast.get_docstring(ast.parse(fh.read())) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _run(module, args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(module.run(args) or 0)
+    except NeuromemError as exc:
+        print(f"neuromem: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``neuromem`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return _run(importlib.import_module(args._module), args)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The top-level parser, loading only the arguments of the command named in ``argv``."""
+    from neuromem import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="neuromem",
+        description="neuromem: why images are memorable, read off a model of visual cortex.",
+    )
+    parser.add_argument("--version", action="version", version=f"neuromem {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, module_name in COMMANDS.items():
+        help_text = _first_line(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        cmd.set_defaults(_module=module_name)
+        if name == wanted:
+            importlib.import_module(module_name).add_arguments(cmd)
+    return parser
+
+
+def run_module(module_name: str, argv: list[str] | None = None) -> int:
+    """Run one command module as a script (``python -m pipelines.score ...``)."""
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.add_arguments(parser)
+    return _run(module, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Commands of the ``neuromem`` CLI that are not Ray jobs."""

@@ -1,0 +1,1 @@
+"""Ray jobs: one module per job; each runs as ``python -m pipelines.<name>``."""
