@@ -1,0 +1,173 @@
+"""The decompose job end to end on small score tables written in the scoring format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from neuromem.analysis import vertex_pearson
+from neuromem.cli import main
+from neuromem.cortex.rois import load_roi_set
+from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_metadata
+
+ROIS = ["FFA", "RSC", "V1"]
+ROI_KEYS = {
+    "roi",
+    "n",
+    "pearson_r",
+    "pearson_ci",
+    "pearson_p",
+    "pearson_q",
+    "spearman_r",
+    "spearman_ci",
+    "spearman_p",
+    "partial_r",
+    "partial_p",
+    "partial_ci",
+    "within_category",
+    "frac_vertices_negative",
+    "frac_vertices_positive",
+    "spin_p_mean_r",
+    "spin_p_coherence",
+}
+
+
+def _write(root, *, seed, trained, n=90, rsc_sign=-1.0):
+    """A score table: RSC vertices anti-correlated with memorability, FFA vertices correlated."""
+    rng = np.random.default_rng(seed)
+    roi_set = load_roi_set("default")
+    memorability = rng.uniform(0.4, 0.9, n)
+    category = rng.choice(["object", "scene"], n)
+    responses = rng.standard_normal((n, 20484)).astype(np.float32)
+    z = (memorability - memorability.mean()) / memorability.std()
+    responses[:, roi_set.indices["RSC"]] += rsc_sign * 2 * z[:, None]
+    responses[:, roi_set.indices["FFA"]] += 2 * z[:, None]
+    responses = responses.astype(np.float16)
+    meta = build_metadata(
+        encoder={"spec": f"clip-probe:tiny#{seed}", "weights_sha256": "0" * 64, "trained": trained},
+        atlas=roi_set.atlas,
+        rois=roi_set.to_dict(),
+        command="test",
+    )
+    root.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(n), 2)):
+        x = responses[rows].astype(np.float64)
+        cols = {
+            "image_id": [f"im{j}" for j in rows],
+            "memorability": memorability[rows],
+            "category": category[rows],
+            "age": rng.normal(size=len(rows)),
+            **{f"roi_{r}": pa.array(x[:, roi_set.indices[r]].mean(1), pa.float32()) for r in ROIS},
+            "vertices": vertices_to_arrow(responses[rows]),
+        }
+        pq.write_table(
+            write_metadata(pa.table(cols), meta), root / f"part-{i}.parquet", row_group_size=16
+        )
+    return memorability, responses
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    base = tmp_path_factory.mktemp("decompose")
+    primary = _write(base / "tribe", seed=0, trained=False)
+    _write(base / "other", seed=1, trained=True, rsc_sign=1.0)
+    return base, primary
+
+
+def test_decompose_end_to_end(tables):
+    base, (memorability, responses) = tables
+    out = base / "out"
+    code = main(
+        [
+            "decompose",
+            str(base / "tribe"),
+            str(base / "other"),
+            "--out",
+            str(out),
+            "--covariates",
+            "age",
+            "--vertices",
+            "--spins",
+            "30",
+            "--seed",
+            "5",
+            "--bootstrap",
+            "100",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == [
+        "n_images",
+        "memorability_column",
+        "category_column",
+        "seed",
+        "rois",
+        "agreement",
+    ]
+    assert results["n_images"] == 90 and results["category_column"] == "category"
+    assert results["seed"] == 5
+    by_roi = {r["roi"]: r for r in results["rois"]}
+    assert list(by_roi) == ROIS and all(set(r) == ROI_KEYS for r in results["rois"])
+    rsc, ffa = by_roi["RSC"], by_roi["FFA"]
+    assert rsc["pearson_r"] < -0.5 and ffa["pearson_r"] > 0.5
+    assert rsc["frac_vertices_negative"] > 0.95 and ffa["frac_vertices_positive"] > 0.95
+    assert 0 < rsc["spin_p_mean_r"] <= 1 and 0 < rsc["spin_p_coherence"] <= 1
+    assert set(rsc["within_category"]) == {"object", "scene"}
+    assert rsc["partial_r"] < -0.5 and len(rsc["partial_ci"]) == 2
+    # vertex r matches a direct computation
+    r_v = np.load(out / "vertex_r.npy")
+    v = load_roi_set("default").indices["RSC"][0]
+    assert r_v[v] == pytest.approx(
+        np.corrcoef(responses[:, v].astype(float), memorability)[0, 1], abs=1e-6
+    )
+    agreement = {a["roi"]: a for a in results["agreement"]}
+    assert agreement["FFA"]["signs_agree"] is True and agreement["RSC"]["signs_agree"] is False
+    assert set(agreement["RSC"]["r"]) == {"clip-probe:tiny#0", "clip-probe:tiny#1"}
+    report = (out / "report.md").read_text()
+    assert "NOT trained" in report and "n = 90" in report and "seed 5" in report
+    for png in ["roi_bars.png", "roi_scatter.png", "vertex_r.png", "coherence.png"]:
+        assert (out / png).stat().st_size > 1000 and f"({png})" in report
+        assert f'src="{png}"' in (out / "report.html").read_text()
+
+
+def test_decompose_ray_map_reduce_matches_local(tables, ray_local):
+    base, _ = tables
+    out = base / "out_ray"
+    assert (
+        main(
+            [
+                "decompose",
+                str(base / "tribe"),
+                "--out",
+                str(out),
+                "--vertices",
+                "--spins",
+                "0",
+                "--bootstrap",
+                "0",
+                "--ray",
+            ]
+        )
+        == 0
+    )
+    local = vertex_pearson(base / "tribe", n_threads=1)
+    np.testing.assert_allclose(np.load(out / "vertex_r.npy"), local, atol=1e-7)
+    results = json.loads((out / "results.json").read_text())
+    assert results["agreement"] == [] and results["rois"][0]["spin_p_mean_r"] is None
+    assert "ray" in (out / "report.md").read_text()
+
+
+def test_decompose_errors(tables, capsys):
+    base, _ = tables
+    out = str(base / "bad")
+    assert main(["decompose", str(base / "tribe"), "--out", out, "--memorability", "mem"]) == 2
+    assert "mem" in capsys.readouterr().err
+    assert main(["decompose", str(base / "tribe"), "--out", out, "--covariates", "age,zzz"]) == 2
+    assert "zzz" in capsys.readouterr().err
+    assert main(["decompose", str(base / "missing"), "--out", out]) == 2
+    assert "cannot open score table" in capsys.readouterr().err
