@@ -1,0 +1,193 @@
+"""Throughput of each brain encoder against its bare backbone on the same input.
+
+For every encoder, images/s of
+
+- ``full``: ``encoder.roi_responses(images, reducer)`` — preprocessing, backbone, head and ROI
+  reduction, what the scoring stage runs;
+- ``backbone``: the bare backbone on the same, already normalised pixels (open_clip image
+  tower; V-JEPA2 encoder on the 2-frame static clip);
+
+and their ratio. The head + ROI reduction should cost at most 5 % (ratio ≥ 0.95) at real size.
+
+Default: the tiny seeded encoders on CPU. ``--real-size``: open_clip ViT-B-32 + probe head and
+V-JEPA2 ViT-g + the released TRIBE v2 head layout, random weights, on the GPU in bfloat16.
+
+    python benchmarks/encoders.py                     # -> benchmarks/results/encoders_cpu.json
+    python benchmarks/encoders.py --real-size         # -> benchmarks/results/encoders_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from neuromem.cortex.reduce import RoiReducer
+from neuromem.cortex.rois import load_roi_set
+from neuromem.cortex.surface import N_VERTICES
+from neuromem.encoders import BrainEncoder, load_encoder
+from neuromem.encoders.clip_probe import ClipProbeEncoder, build_image_tower
+from neuromem.encoders.preprocessing import normalise
+from neuromem.encoders.tribe_head import FmriHead
+from neuromem.encoders.tribev2 import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TribeV2Encoder,
+    feature_spec,
+    head_config,
+)
+
+RESULTS = Path(__file__).parent / "results"
+
+# V-JEPA2 ViT-g (facebook/vjepa2-vitg-fpc64-256) and the released TRIBE v2 head layout.
+VITG_CONFIG = {
+    "crop_size": 256, "patch_size": 16, "frames_per_clip": 64, "tubelet_size": 2,
+    "hidden_size": 1408, "num_hidden_layers": 40, "num_attention_heads": 22,
+    "mlp_ratio": 48 / 11,
+}
+RELEASED_CONFIG = {
+    "data": {"frequency": 2, "layers_to_use": [0.5, 0.75, 1.0], "layer_aggregation": "group_mean",
+             "neuro": {"frequency": 1}},
+    "brain_model_config": {"hidden": 1152, "low_rank_head": 2048, "combiner": None,
+                           "encoder": {"depth": 8}, "subject_layers": {"subject_dropout": 0.1}},
+}
+RELEASED_BUILD_ARGS = {
+    "feature_dims": {"text": (2, 3072), "audio": (2, 1024), "video": (2, 1408)},
+    "n_outputs": N_VERTICES,
+}
+
+
+def real_size_encoders(device: str) -> list[BrainEncoder]:
+    """ViT-B-32 probe and ViT-g TRIBE v2 with random weights (built on ``device``)."""
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    with torch.device(device):
+        visual, _ = build_image_tower("ViT-B-32", "")
+        probe = ClipProbeEncoder(
+            visual, torch.nn.Linear(visual.output_dim, N_VERTICES), spec="clip-probe:ViT-B-32-random",
+            model_name="ViT-B-32", pretrained="", feature_norm="l2", trained=False, files=[],
+        )
+        backbone = VJEPA2Model(VJEPA2Config(**VITG_CONFIG))
+        head = FmriHead(head_config(RELEASED_CONFIG, RELEASED_BUILD_ARGS, n_subject_rows=1))
+        features = feature_spec(RELEASED_CONFIG, VITG_CONFIG["num_hidden_layers"])
+        tribe = TribeV2Encoder(backbone, head, features, spec="tribev2:vitg-random",
+                               trained=False, files=[])
+    return [probe.requires_grad_(False).eval(), tribe.requires_grad_(False).eval()]
+
+
+def bare_backbone(encoder: BrainEncoder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder's backbone alone, on images already at the input size."""
+    if isinstance(encoder, ClipProbeEncoder):
+        return lambda images: encoder.visual(normalise(images, encoder.image_mean, encoder.image_std))
+
+    def vjepa(images: torch.Tensor) -> torch.Tensor:
+        pixels = normalise(images, IMAGENET_MEAN, IMAGENET_STD)
+        clips = pixels[:, None].expand(-1, encoder.clip_frames, -1, -1, -1)
+        hidden = encoder.backbone.embeddings(clips)
+        for block in encoder.backbone.layer:
+            hidden = block(hidden, None)[0]
+        return encoder.backbone.layernorm(hidden)
+
+    return vjepa
+
+
+def images_per_second(fn: Callable[[], object], batch: int, iters: int, sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return batch * iters / (time.perf_counter() - start)
+
+
+def measure(encoder: BrainEncoder, reducer: RoiReducer, args, device: str) -> dict:
+    """Median images/s of the full encoder and its bare backbone, alternating repeats."""
+    generator = torch.Generator().manual_seed(0)
+    size = encoder.input_size
+    images = torch.rand(args.batch_size, 3, size, size, generator=generator).to(device)
+    backbone = bare_backbone(encoder)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
+                else contextlib.nullcontext())
+    runs = {"full": lambda: encoder.roi_responses(images, reducer), "backbone": lambda: backbone(images)}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode(), autocast:
+        for fn in runs.values():
+            for _ in range(args.warmup):
+                fn()
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                rates[name].append(images_per_second(fn, args.batch_size, args.iters, sync))
+    full, bare = statistics.median(rates["full"]), statistics.median(rates["backbone"])
+    return {
+        "encoder": encoder.spec,
+        "input_size": size,
+        "clip_frames": encoder.clip_frames,
+        "batch_size": args.batch_size,
+        "images_per_s_full": round(full, 2),
+        "images_per_s_backbone": round(bare, 2),
+        "ratio_full_to_backbone": round(full / bare, 4),
+        "head_and_reduction_cost_pct": round(100 * (1 - full / bare), 2),
+        "repeats": {name: [round(r, 2) for r in values] for name, values in rates.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real-size", action="store_true",
+                        help="ViT-B-32 and ViT-g with random weights (needs a GPU)")
+    parser.add_argument("--device", default=None, help="default: cuda for --real-size, else cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 32 tiny, 64 real")
+    parser.add_argument("--iters", type=int, default=5, help="batches per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="output JSON")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if args.real_size else "cpu")
+    args.batch_size = args.batch_size or (64 if args.real_size else 32)
+    kind = "gpu" if device.startswith("cuda") else "cpu"
+    out = args.out or RESULTS / f"encoders_{kind}.json"
+
+    torch.manual_seed(0)
+    reducer = RoiReducer(load_roi_set("default"))
+    if args.real_size:
+        encoders = real_size_encoders(device)
+    else:
+        encoders = [load_encoder(spec, device=device) for spec in ("clip-probe:tiny", "tribev2:tiny")]
+    results = []
+    for encoder in encoders:
+        row = measure(encoder, reducer, args, device)
+        print(json.dumps({k: v for k, v in row.items() if k != "repeats"}))
+        results.append(row)
+    report = {
+        "benchmark": "encoders",
+        "size": "real (random weights)" if args.real_size else "tiny (seeded random)",
+        "device": torch.cuda.get_device_name() if kind == "gpu" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "dtype": "bfloat16 autocast" if kind == "gpu" else "float32",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "results": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
