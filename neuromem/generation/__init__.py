@@ -1,0 +1,1 @@
+"""Stable Diffusion steered by predicted brain responses: pipelines, guided sampling, blur, DRaFT."""
