@@ -81,7 +81,8 @@ def real_size_encoders(device: str) -> list[BrainEncoder]:
         features = feature_spec(RELEASED_CONFIG, VITG_CONFIG["num_hidden_layers"])
         tribe = TribeV2Encoder(backbone, head, features, spec="tribev2:vitg-random",
                                trained=False, files=[])
-    return [probe.requires_grad_(False).eval(), tribe.requires_grad_(False).eval()]
+    # open_clip moves towers to the CPU even inside a device context: place both explicitly
+    return [m.to(device).requires_grad_(False).eval() for m in (probe, tribe)]
 
 
 def bare_backbone(encoder: BrainEncoder) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -16,6 +16,19 @@ COMMANDS: dict[str, str] = {
     "predict": "neuromem.commands.predict",
     "demo": "neuromem.commands.demo",
     "score": "pipelines.score",
+    "fit-probes": "pipelines.fit_probes",
+    "label-categories": "pipelines.label_categories",
+    "assess": "pipelines.assess",
+    "decompose": "pipelines.decompose",
+    "guide": "pipelines.guide",
+    "enhance": "neuromem.commands.enhance",
+    "cross-eval": "pipelines.cross_eval",
+    "tune-guidance": "pipelines.tune_guidance",
+    "finetune": "pipelines.finetune_draft",
+    "evaluate-lora": "pipelines.evaluate_lora",
+    "layers": "pipelines.layer_scan",
+    "train-memnet": "pipelines.train_memnet",
+    "decode": "pipelines.decode",
 }
 
 

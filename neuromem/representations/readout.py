@@ -3,6 +3,7 @@ neural predictivity (PLS, 10 splits, median Pearson over targets)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -194,3 +195,56 @@ def unique_variance(
     r_ab = _columnwise_pearson(predictions_a_nt, predictions_b_nt)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (r_ya - r_yb * r_ab) / np.sqrt((1 - r_yb**2) * (1 - r_ab**2))
+
+
+def lamem_splits(
+    memberships_n: Sequence[str | None], *, part: str = "test"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """LaMem's train/test splits as row indices, from each row's split memberships.
+
+    Parameters
+    ----------
+    memberships_n : sequence of str or None, length N
+        Per row, the comma-separated split files listing the image (the ``splits`` column of
+        :func:`neuromem.data.lamem.list_lamem`, e.g. ``"test_1,train_2,val_3"``).
+    part : {"test", "val"}
+        Which held-out part to return as the second index array.
+
+    Returns
+    -------
+    dict
+        ``"{part}_k"`` → (rows of ``train_k``, rows of ``{part}_k``) for every ``k`` with both
+        parts present, sorted by ``k``.
+    """
+    members: dict[str, list[int]] = {}
+    for row, text in enumerate(memberships_n):
+        for name in (text or "").split(","):
+            if name:
+                members.setdefault(name, []).append(row)
+    splits = {}
+    for name in sorted(members, key=lambda n: (n.partition("_")[2], n)):
+        kind, _, k = name.partition("_")
+        if kind == part and f"train_{k}" in members:
+            splits[name] = (np.array(members[f"train_{k}"]), np.array(members[name]))
+    return splits
+
+
+def cross_validated_predictions(
+    x_nf: np.ndarray,
+    y_nt: np.ndarray,
+    *,
+    n_components: int = 25,
+    n_folds: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    """Out-of-fold PLS predictions ``(N, T)`` of ``y_nt`` from ``x_nf`` (``n_folds`` random folds,
+    component count capped as in :func:`neural_predictivity`); the input of
+    :func:`unique_variance`."""
+    y = y_nt[:, None] if y_nt.ndim == 1 else y_nt
+    rng = np.random.default_rng(seed)
+    pred_nt = np.empty(y.shape, dtype=np.float64)
+    for fold in np.array_split(rng.permutation(len(y)), n_folds):
+        train = np.setdiff1d(np.arange(len(y)), fold)
+        k = max_components(len(train), x_nf.shape[1], n_components)
+        pred_nt[fold] = fit_pls(x_nf[train], y[train], k).predict(x_nf[fold]).cpu().numpy()
+    return pred_nt
