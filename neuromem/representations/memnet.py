@@ -1,0 +1,175 @@
+"""Networks trained on memorability, on categories, or on both (seed 002).
+
+A :class:`MemNet` is a backbone (any :mod:`neuromem.representations.layers` model with its
+classifier removed) followed by a memorability head (one linear unit, regression) and/or a
+category head (linear, classification). The joint objective is
+``memorability_weight · MSE(memorability) + category_weight · cross-entropy(category)``;
+rows without a category label (``-1``) do not enter the cross-entropy.
+
+A checkpoint is a folder with ``model.safetensors`` (the state dict) and ``config.json``
+(backbone spec, task, categories, input size and normalisation, training settings, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuromem.errors import InputError, MissingWeightsError
+
+TASKS = ("memorability", "category", "both")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def strip_classifier(module: nn.Module) -> nn.Module:
+    """The network without its classification layer, so it outputs features ``(B, D)``.
+
+    timm models use ``reset_classifier(0)``; otherwise the last ``nn.Linear`` in module order
+    is replaced by ``nn.Identity`` (torchvision's ``fc``, ``classifier.N``, ``heads.head``).
+    open_clip image towers end in a projection, not a classifier, and are kept whole.
+    """
+    if hasattr(module, "reset_classifier"):
+        module.reset_classifier(0)
+        return module
+    if hasattr(module, "output_dim") and hasattr(module, "proj"):  # open_clip image tower
+        return module
+    linears = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+    if not linears:
+        return module
+    parent_name, _, child = linears[-1].rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    setattr(parent, child, nn.Identity())
+    return module
+
+
+class MemNet(nn.Module):
+    """Backbone plus memorability and/or category heads.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps normalised images ``(B, 3, S, S)`` to features ``(B, D)``.
+    n_features : int
+        ``D``.
+    task : {"memorability", "category", "both"}
+    n_categories : int
+        Classes of the category head (ignored for ``task="memorability"``).
+    """
+
+    def __init__(self, backbone: nn.Module, n_features: int, task: str, n_categories: int = 0):
+        super().__init__()
+        if task not in TASKS:
+            raise InputError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        if task != "memorability" and n_categories < 2:
+            raise InputError(
+                f"task {task!r} needs at least 2 categories; got {n_categories} (does the table "
+                "have a filled 'category' column?)"
+            )
+        self.task = task
+        self.backbone = backbone
+        self.memorability_head = nn.Linear(n_features, 1) if task != "category" else None
+        self.category_head = nn.Linear(n_features, n_categories) if task != "memorability" else None
+
+    def forward(self, images_b3hw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"memorability": (B,), "logits": (B, C)}`` (the heads the task has)."""
+        features_bd = self.backbone(images_b3hw)
+        outputs = {}
+        if self.memorability_head is not None:
+            outputs["memorability"] = self.memorability_head(features_bd)[:, 0]
+        if self.category_head is not None:
+            outputs["logits"] = self.category_head(features_bd)
+        return outputs
+
+
+def build_memnet(
+    backbone_spec: str, task: str, n_categories: int, *, image_size: int | None = None, seed: int = 0
+) -> tuple[MemNet, dict]:
+    """A fresh :class:`MemNet` on a backbone spec, and its config (see :func:`save_memnet`)."""
+    from neuromem.representations.layers import load_model
+
+    loaded = load_model(backbone_spec, image_size=image_size, seed=seed)
+    backbone = strip_classifier(loaded.module)
+    with torch.no_grad():
+        probe = torch.zeros(2, 3, loaded.image_size, loaded.image_size)
+        n_features = int(backbone.eval()(probe).flatten(1).shape[1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        net = MemNet(backbone, n_features, task, n_categories)
+    net.requires_grad_(True)
+    config = {
+        "backbone": backbone_spec,
+        "task": task,
+        "n_categories": n_categories if task != "memorability" else 0,
+        "image_size": loaded.image_size,
+        "mean": list(loaded.mean),
+        "std": list(loaded.std),
+        "n_features": n_features,
+    }
+    return net, config
+
+
+def memnet_loss(
+    outputs: dict[str, torch.Tensor],
+    memorability_b: torch.Tensor,
+    category_b: torch.Tensor,
+    *,
+    memorability_weight: float = 1.0,
+    category_weight: float = 1.0,
+) -> torch.Tensor:
+    """Joint loss: weighted MSE of memorability plus weighted cross-entropy of categories.
+
+    Parameters
+    ----------
+    outputs : dict
+        :meth:`MemNet.forward`'s output.
+    memorability_b : Tensor, shape (B,)
+        Target scores.
+    category_b : Tensor of int64, shape (B,)
+        Class indices; ``-1`` where a row has no label (left out of the cross-entropy).
+    """
+    loss = memorability_b.new_zeros(())
+    if "memorability" in outputs:
+        loss = loss + memorability_weight * F.mse_loss(outputs["memorability"], memorability_b)
+    if "logits" in outputs:
+        labelled = category_b >= 0
+        if labelled.any():
+            loss = loss + category_weight * F.cross_entropy(
+                outputs["logits"][labelled], category_b[labelled]
+            )
+    return loss
+
+
+def save_memnet(folder: str | Path, net: MemNet, config: dict) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder``; return the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return folder
+
+
+def load_memnet(folder: str | Path) -> tuple[MemNet, dict]:
+    """Load a checkpoint folder written by :func:`save_memnet` (evaluation mode, CPU)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise MissingWeightsError(
+            f"{folder} is not a memnet checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
+            "(written by `neuromem train-memnet`)"
+        )
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    backbone = config["backbone"].split("@")[0]  # trained weights replace the backbone's
+    net, _ = build_memnet(
+        backbone, config["task"], config["n_categories"], image_size=config["image_size"]
+    )
+    net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return net.eval(), config
