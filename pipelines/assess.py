@@ -10,7 +10,7 @@ full-size image).
 
 The input table is never modified: ``OUT`` holds the same files, rows, row order, columns and
 metadata (plus a record of the scoring under ``annotations``). Images that cannot be read get a
-null score and are listed in ``OUT/errors/assess.parquet``.
+null score and are listed in ``OUT/_errors/assess.parquet``.
 """
 
 from __future__ import annotations

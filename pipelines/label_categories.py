@@ -9,7 +9,7 @@ optionally ``dataset``) the labels come from the file and no model runs.
 
 The input table is never modified: ``OUT`` holds the same files, rows, row order, columns and
 metadata (plus a record of the labelling under ``annotations``). Images that cannot be read get
-a null label and are listed in ``OUT/errors/label-categories.parquet``. An existing non-null
+a null label and are listed in ``OUT/_errors/label-categories.parquet``. An existing non-null
 column is only replaced with ``--overwrite``.
 """
 

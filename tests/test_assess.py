@@ -96,7 +96,7 @@ def test_assess_command_adds_resmem_column(tmp_path, ray_local, image_paths, dir
     metadata = read_metadata(pq.read_schema(out / "part-1.parquet"))
     assert metadata["encoder"]["spec"] == "clip-probe:tiny"
     assert metadata["annotations"][0]["assessor"] == "resmem"
-    errors = pd.read_parquet(out / "errors" / "assess.parquet")
+    errors = pd.read_parquet(out / "_errors" / "assess.parquet")
     assert errors["image_id"].tolist() == ["gone"] and "not found" in errors["error"][0]
     json.dumps(metadata)  # the record stays JSON
 

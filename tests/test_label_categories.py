@@ -39,10 +39,10 @@ def table_dir(tmp_path):
     })
     table = write_metadata(table, {"encoder": {"spec": "clip-probe:tiny"}})
     root = tmp_path / "table"
-    (root / "errors").mkdir(parents=True)
+    (root / "_errors").mkdir(parents=True)
     pq.write_table(table.slice(0, 4), root / "part-0.parquet")
     pq.write_table(table.slice(4), root / "part-1.parquet")
-    pq.write_table(pa.table({"image_id": ["x"], "error": ["old failure"]}), root / "errors" / "score.parquet")
+    pq.write_table(pa.table({"image_id": ["x"], "error": ["old failure"]}), root / "_errors" / "score.parquet")
     return {"table": root, "images": tmp_path / "images", "ids": ids, "truth": truth}
 
 
@@ -95,9 +95,9 @@ def test_zero_shot_labels_match_open_clip(table_dir, tmp_path, ray_local):
     metadata = read_metadata(pq.read_schema(out / "part-1.parquet"))
     assert metadata["encoder"]["spec"] == "clip-probe:tiny"
     assert metadata["annotations"][-1]["classes"]["face"] == ["a face"]
-    errors = pd.read_parquet(out / "errors" / "label-categories.parquet")
+    errors = pd.read_parquet(out / "_errors" / "label-categories.parquet")
     assert errors["image_id"].tolist() == ["object/missing.jpg"]
-    assert (out / "errors" / "score.parquet").exists()  # earlier failures are kept
+    assert (out / "_errors" / "score.parquet").exists()  # earlier failures are kept
 
     # the column now holds labels: replacing them needs --overwrite
     again = ["label-categories", str(out), "--out", str(tmp_path / "again"), "--csv", "x.csv"]

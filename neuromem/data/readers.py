@@ -27,6 +27,7 @@ from neuromem.data.schema import (
     LOADED_SCHEMA,
     MEDIA,
     MEDIA_IMAGE,
+    MEDIA_UNREADABLE,
     MEDIA_VIDEO,
     PAYLOAD,
     SOURCE,
@@ -146,6 +147,8 @@ def load_payloads(rows: pa.Table) -> pa.Table:
 
     Encoded files get ``media`` ``"video"`` (by extension, see :data:`VIDEO_EXTENSIONS`) or
     ``"image"``; ``<file>#<index>`` sources get ``"array:{H}x{W}x3"`` and the raw pixels.
+    A file that cannot be read gets an empty payload and ``media`` ``"unreadable: <reason>"``
+    (:data:`~neuromem.data.schema.MEDIA_UNREADABLE`), so the job records it and carries on.
     """
     sources = rows.column(SOURCE).to_pylist()
     media = [""] * len(sources)
@@ -156,7 +159,11 @@ def load_payloads(rows: pa.Table) -> pa.Table:
         if path and index.isdigit():
             bricks.setdefault(path, []).append((int(index), position))
             continue
-        payloads[position] = read_bytes(source)
+        try:
+            payloads[position] = read_bytes(source)
+        except (InputError, OSError) as exc:  # one unreadable file must not fail the job
+            media[position] = f"{MEDIA_UNREADABLE}{exc}"
+            continue
         media[position] = MEDIA_VIDEO if source.lower().endswith(VIDEO_EXTENSIONS) else MEDIA_IMAGE
     for path, wanted in bricks.items():
         for (_, position), pixels_hw3 in zip(wanted, read_brick_rows(path, wanted), strict=True):

@@ -66,6 +66,9 @@ LOADED_SCHEMA = pa.schema([pa.field(MEDIA, pa.string()), pa.field(PAYLOAD, pa.bi
 
 MEDIA_IMAGE = "image"
 MEDIA_VIDEO = "video"
+#: ``media`` of a row whose file could not be read; the reason follows, ``payload`` is empty.
+#: Scoring jobs record such rows in their errors table instead of failing.
+MEDIA_UNREADABLE = "unreadable: "
 _ARRAY_MEDIA = re.compile(r"^array:(\d+)x(\d+)x3$")
 
 #: Coarse categories used by the readers that know them.

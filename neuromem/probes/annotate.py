@@ -71,7 +71,7 @@ def write_annotated(
         JSON-serialisable record appended to the ``annotations`` list of the table metadata.
     errors : pandas.DataFrame or None
         Failed images (``image_id``, ``source``, ``stage``, ``error``), written to
-        ``out/errors/<stage>.parquet``.
+        ``out/_errors/<stage>.parquet``.
     stage : str
         Name of that errors file.
 

@@ -50,7 +50,7 @@ ROI_PREFIX = "roi_"
 METADATA_KEY = b"neuromem"
 """Schema metadata key under which the table's JSON description is stored."""
 
-ERRORS_DIR = "errors"
+ERRORS_DIR = "_errors"  # "_" so that pandas and pyarrow skip it when reading the table
 """Sub-directory of a score table holding the failed inputs."""
 
 PathOrDataset = str | os.PathLike | ds.Dataset
