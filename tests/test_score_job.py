@@ -9,6 +9,7 @@ import sys
 import threading
 
 import numpy as np
+import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -62,13 +63,14 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
     (root / "images" / "00000004.jpg").write_bytes(b"not a jpeg at all")
     good = (root / "images" / "00000009.jpg").read_bytes()
     (root / "images" / "00000009.jpg").write_bytes(good[: len(good) // 3])  # truncated
-    bad = {"00000004.jpg", "00000009.jpg"}
+    (root / "images" / "00000006.jpg").unlink()  # listed in the split files, gone from disk
+    bad = {"00000004.jpg", "00000006.jpg", "00000009.jpg"}
     config = dict(dataset="lamem", root=str(root), encoder=ENCODER, out=str(out),
                   keep_vertices=True, batch_size=4, progress=False)
 
     # A first run over the first 12 rows, then a run over all 20 scores only the other 8.
     first = run_score_job(ScoreConfig(limit=12, **config))
-    assert (first.rows, first.errors, first.skipped) == (10, 2, 0)
+    assert (first.rows, first.errors, first.skipped) == (9, 3, 0)
     stale = out / ".tmp-0123-part-deadbeef.parquet"  # what a killed writer leaves
     stale.write_bytes(b"PAR1 half written")
     second = run_score_job(ScoreConfig(**config))
@@ -80,7 +82,8 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
     assert sorted(p.name for p in out.glob("part-*.parquet")) == parts
 
     frame = open_table(out).to_table().to_pandas()
-    assert len(frame) == 18 and frame["image_id"].is_unique
+    assert len(frame) == 17 and frame["image_id"].is_unique
+    assert len(pd.read_parquet(out)) == 17  # pandas reads the table without the errors
     assert set(frame["image_id"]) == set(truth["image_id"]) - bad
     assert (frame["encoder"] == ENCODER).all() and (frame["dataset"] == "lamem").all()
     frame = frame.sort_values("image_id").reset_index(drop=True)
@@ -90,6 +93,7 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
     errors = pq.read_table(out / "_errors").to_pandas()
     assert sorted(errors["image_id"]) == sorted(bad)
     assert (errors["stage"] == "decode").all() and errors["error"].str.len().gt(0).all()
+    assert "not found" in errors.set_index("image_id").loc["00000006.jpg", "error"]
     assert errors["source"].str.endswith(tuple(bad)).all()
 
     payloads = [(root / "images" / i).read_bytes() for i in frame["image_id"]]
