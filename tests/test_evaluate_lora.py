@@ -1,0 +1,108 @@
+"""`neuromem evaluate-lora` on the tiny pipeline with a saved LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from neuromem.cli import main
+from neuromem.generation.draft import (
+    DraftSettings,
+    gaussian,
+    prepare_pipeline,
+    sample_seed,
+    save_lora,
+)
+from neuromem.generation.pipeline import load_pipeline
+from neuromem.generation.reward import RewardSpec, build_composite_reward
+from neuromem.memorability import ResMemAssessor
+from pipelines.evaluate_lora import clip_fidelity, load_clip
+
+PROMPTS = ["a portrait of a man", "a quiet forest"]
+SEEDS = [0, 3]
+REWARD = RewardSpec(weights={"FFA": 1.0, "PPA": -1.0}, mean={"FFA": 0.5}, std={"PPA": 2.0})
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads stall on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_lora(folder) -> None:
+    torch.manual_seed(0)
+    pipe = load_pipeline("tiny")
+    prepare_pipeline(pipe, DraftSettings(num_inference_steps=2, height=32, width=32))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+    save_lora(pipe.unet, folder)
+    (folder / "run.json").write_text(json.dumps({
+        "encoder": "clip-probe:tiny", "reward": REWARD.to_dict(), "step": 3,
+        "settings": {"method": "draft1"},
+    }))
+
+
+def test_evaluate_lora_report(tmp_path, capsys):
+    lora = tmp_path / "lora"
+    make_lora(lora)
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "eval"
+    code = main([
+        "evaluate-lora", "--model", "tiny", "--lora", str(lora), "--prompts",
+        str(tmp_path / "prompts.txt"), "--seeds", *map(str, SEEDS), "--inference-steps", "2",
+        "--guidance-scale", "3", "--size", "32", "--clip-model", "tiny", "--device", "cpu",
+        "--out", str(out),
+    ])
+    assert code == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["reward"] == REWARD.to_dict()  # taken from the checkpoint's run.json
+    assert evaluation["encoder"] == "clip-probe:tiny"
+    summary = evaluation["summary"]
+    assert {"reward", "resmem", "clip_fidelity", "roi_FFA", "roi_RSC", "roi_lh_PPA"} <= set(summary)
+    rows = pd.read_csv(out / "per_image.csv")
+    assert list(zip(rows["prompt"], rows["seed"], strict=True)) == [
+        (p, s) for p in PROMPTS for s in SEEDS
+    ]
+
+    # independent recomputation of the base images and their scores
+    pipe = load_pipeline("tiny")
+    latents = gaussian([sample_seed(s, p) for p in range(2) for s in SEEDS], (4, 16, 16),
+                       "cpu", torch.float32)
+    prompts = [p for p in PROMPTS for _ in SEEDS]
+    with torch.no_grad():
+        base = pipe(prompt=prompts, latents=latents.clone(), height=32, width=32,
+                    num_inference_steps=2, guidance_scale=3.0, output_type="pt").images
+        reward = build_composite_reward("clip-probe:tiny", REWARD)
+        rois = reward.roi_responses(base)
+    np.testing.assert_allclose(rows["base_reward"], reward.from_roi_responses(rois).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    ffa = reward.column_names.index("roi_FFA")
+    np.testing.assert_allclose(rows["base_roi_FFA"], rois[:, ffa].numpy(), rtol=1e-4)
+    np.testing.assert_allclose(rows["base_resmem"], ResMemAssessor().score(base).numpy(),
+                               rtol=1e-4)
+    clip, tokenizer = load_clip("tiny", "", "cpu")
+    np.testing.assert_allclose(rows["base_clip_fidelity"],
+                               clip_fidelity(clip, tokenizer, base, prompts), rtol=1e-4)
+    assert (rows["base_clip_fidelity"].abs() <= 1).all()
+    # the LoRA changes the images, so its scores differ from the base's
+    assert not np.allclose(rows["lora_reward"], rows["base_reward"])
+    diff = rows["lora_reward"] - rows["base_reward"]
+    assert np.isclose(summary["reward"]["mean_difference"], diff.mean(), rtol=1e-9)
+
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape == (4 * 32, 64, 3)
+    expected_left = (base.permute(0, 2, 3, 1).reshape(-1, 32, 3) * 255).numpy()
+    assert np.abs(grid[:, :32].astype(float) - expected_left).max() <= 1.0
+    report = (out / "report.md").read_text()
+    assert "| resmem |" in report and "'FFA': 1.0" in report and "grid.png" in report
