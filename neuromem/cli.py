@@ -87,6 +87,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def run_module(module_name: str, argv: list[str] | None = None) -> int:
     """Run one command module as a script (``python -m pipelines.score ...``)."""
     module = importlib.import_module(module_name)
+    if module_name == "__main__" and getattr(module, "__spec__", None) is not None:
+        module_name = module.__spec__.name  # run as `python -m pipelines.X`
     parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.add_arguments(parser)

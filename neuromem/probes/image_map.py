@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from neuromem.data.schema import MEDIA_UNREADABLE
 from neuromem.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def map_images(
     """
     import ray
 
+    from neuromem.data.readers import load_payloads
+
     missing = [c for c in INPUT_COLUMNS if c not in rows.columns]
     if missing:
         raise InputError(f"image rows need columns {list(INPUT_COLUMNS)}; missing {missing}")
@@ -85,7 +88,7 @@ def map_images(
     blocks = [inputs.iloc[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
     dataset = (
         ray.data.from_pandas(blocks)
-        .map_batches(read_payloads, batch_format="pyarrow", batch_size=batch_size)
+        .map_batches(load_payloads, batch_format="pyarrow", batch_size=batch_size)
         .map_batches(
             actor_cls,
             fn_constructor_kwargs=actor_kwargs,
@@ -113,35 +116,6 @@ def map_images(
     return out.drop(columns=[ROW])
 
 
-def read_payloads(rows: pa.Table) -> pa.Table:
-    """Add ``media``, ``payload`` and ``read_error`` to a batch of rows (a ``map_batches`` function).
-
-    Bytes are read by :func:`neuromem.data.readers.load_payloads`; when a file of the batch
-    cannot be read, the rows are read one by one and the failures keep an empty payload and
-    their reason in ``read_error`` (null for rows that were read).
-    """
-    from neuromem.data.readers import load_payloads
-
-    try:
-        loaded = load_payloads(rows)
-        return loaded.append_column("read_error", pa.nulls(rows.num_rows, pa.string()))
-    except Exception:  # noqa: BLE001 - find the failing rows one by one
-        pass
-    parts = []
-    for position in range(rows.num_rows):
-        row = rows.slice(position, 1)
-        try:
-            loaded = load_payloads(row).append_column("read_error", pa.nulls(1, pa.string()))
-        except Exception as exc:  # noqa: BLE001 - a missing or corrupt file is recorded
-            loaded = (
-                row.append_column("media", pa.array([""], pa.string()))
-                .append_column("payload", pa.array([b""], pa.binary()))
-                .append_column("read_error", pa.array([f"{type(exc).__name__}: {exc}"], pa.string()))
-            )
-        parts.append(loaded)
-    return pa.concat_tables(parts)
-
-
 def failed_rows(rows: pd.DataFrame, results: pd.DataFrame, stage: str) -> pd.DataFrame:
     """The errors table (``image_id``, ``source``, ``stage``, ``error``) of the failed rows."""
     failed = results[ERROR].notna().to_numpy()
@@ -161,8 +135,8 @@ def decode_batch(batch: pa.Table, size: int | None) -> tuple[list[np.ndarray | N
     Parameters
     ----------
     batch : pyarrow.Table
-        Rows with ``media`` and ``payload`` (``payload`` null when the reader failed; then a
-        ``read_error`` column, if present, says why).
+        Rows with ``media`` and ``payload`` from :func:`neuromem.data.readers.load_payloads`
+        (an unreadable file has an empty payload and ``media`` ``"unreadable: <reason>"``).
     size : int or None
         Square side of the output (shorter-side resize, centre crop), ``None`` for native size.
 
@@ -177,17 +151,13 @@ def decode_batch(batch: pa.Table, size: int | None) -> tuple[list[np.ndarray | N
 
     media = batch.column("media").to_pylist()
     payloads = batch.column("payload").to_pylist()
-    read_errors = (
-        batch.column("read_error").to_pylist()
-        if "read_error" in batch.column_names
-        else [None] * batch.num_rows
-    )
     pixels: list[np.ndarray | None] = []
     errors: list[str | None] = []
-    for medium, payload, read_error in zip(media, payloads, read_errors, strict=True):
+    for medium, payload in zip(media, payloads, strict=True):
         if payload is None or len(payload) == 0:
             pixels.append(None)
-            errors.append(read_error or "empty payload: the file is empty")
+            unreadable = medium.startswith(MEDIA_UNREADABLE)
+            errors.append(medium if unreadable else "empty payload: the file is empty")
             continue
         try:
             pixels.append(decode_image(payload, medium, size))
