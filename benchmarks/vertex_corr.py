@@ -1,8 +1,8 @@
 """Benchmark: vertex-level Pearson r over a LaMem-sized score table on a few CPU cores.
 
 Writes a table of ``--rows`` images × 20,484 float16 vertices in the scoring job's format (one
-Parquet part per scoring batch of ``--rows-per-file`` rows, ``vertices`` as
-``fixed_size_binary(40968)``) into a temporary directory, then times, each in a fresh process
+Parquet part per ``--rows-per-file`` rows, as ``neuromem score --rows-per-part`` writes them, with
+the same write options, ``vertices`` as plain ``fixed_size_binary(40968)``) into a temporary directory, then times, each in a fresh process
 pinned to ``--cores`` CPUs with as many BLAS threads:
 
 - ``streaming``: :func:`neuromem.analysis.vertex_pearson`, one pass over the row groups
@@ -66,7 +66,12 @@ def write_table(root: Path, n_rows: int, rows_per_file: int, seed: int = 0) -> d
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_metadata
+    from neuromem.scoring.table import (
+        build_metadata,
+        parquet_write_options,
+        vertices_to_arrow,
+        write_metadata,
+    )
 
     rng = np.random.default_rng(seed)
     meta = build_metadata(
@@ -87,9 +92,8 @@ def write_table(root: Path, n_rows: int, rows_per_file: int, seed: int = 0) -> d
                 "vertices": vertices_to_arrow(responses),
             }
         )
-        pq.write_table(
-            write_metadata(table, meta), root / f"part-{i:06d}.parquet", compression="none"
-        )
+        pq.write_table(write_metadata(table, meta), root / f"part-{i:06d}.parquet",
+                       **parquet_write_options(table.schema))
     size = sum(p.stat().st_size for p in root.glob("*.parquet"))
     return {"write_s": time.perf_counter() - start, "files": i + 1, "bytes": size}
 
@@ -199,8 +203,8 @@ def main() -> int:
     parser.add_argument(
         "--rows-per-file",
         type=int,
-        default=64,
-        help="rows per Parquet part (the scoring job's default batch size)",
+        default=1024,
+        help="rows per Parquet part (the scoring job's default --rows-per-part)",
     )
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--naive-vertices", type=int, default=200)

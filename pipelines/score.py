@@ -51,7 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads per actor on CPU (default: --cpus-per-actor)")
     parser.add_argument("--batch-size", type=int, default=64,
-                        help="rows per encoder batch and per Parquet part (default: 64)")
+                        help="rows per encoder batch (default: 64)")
+    parser.add_argument("--rows-per-part", type=int, default=1024,
+                        help="rows per Parquet part, a multiple of --batch-size; a killed run "
+                             "redoes at most one part per actor (default: 1024)")
     parser.add_argument("--decode", choices=DECODE_MODES, default="actor",
                         help="decode in the encoder actors (nvJPEG on GPU) or in separate "
                              "CPU tasks (default: actor)")
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_actor=args.cpus_per_actor,
         torch_threads=args.torch_threads,
         batch_size=args.batch_size,
+        rows_per_part=args.rows_per_part,
         split=args.split,
         scores=args.scores,
         limit=args.limit,

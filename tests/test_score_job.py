@@ -111,6 +111,10 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
     assert metadata["rois"] == roi_set.to_dict() and metadata["atlas"] == roi_set.atlas
     assert metadata["neuromem_version"] and metadata["created"] and metadata["dataset"] == "lamem"
     assert PartWriter(str(out)).written_ids() == set(frame["image_id"])
+    for part in out.glob("part-*.parquet"):  # vertices stored plain, so they read back fast
+        meta = pq.ParquetFile(part).metadata
+        column = meta.row_group(0).column(meta.schema.names.index("vertices"))
+        assert column.compression == "UNCOMPRESSED" and not column.has_dictionary_page
 
 
 def test_killed_run_resumes_exactly_once(ray_local, tmp_path):
@@ -118,7 +122,7 @@ def test_killed_run_resumes_exactly_once(ray_local, tmp_path):
     truth = synthetic.write_lamem(root, n_images=200, seed=6, image_size=32)
     command = [
         sys.executable, "-m", "pipelines.score", "-v", "--dataset", "lamem", "--root", str(root),
-        "--encoder", ENCODER, "--out", str(out), "--batch-size", "2", "--no-progress",
+        "--encoder", ENCODER, "--out", str(out), "--batch-size", "2", "--rows-per-part", "4", "--no-progress",
     ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)

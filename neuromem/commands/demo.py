@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             out=str(table_dir),
             keep_vertices=True,
             batch_size=50,
+            rows_per_part=100,
             gpus_per_actor=0,
         ),
         command=["neuromem", "demo", "--out", str(args.out)],

@@ -84,7 +84,11 @@ class ScoreConfig:
     torch_threads : int or None
         torch threads of each actor on CPU; None: ``cpus_per_actor`` (Ray sets 1 otherwise).
     batch_size : int
-        Rows per encoder batch (and per Parquet part).
+        Rows per encoder batch.
+    rows_per_part : int
+        Rows per Parquet part (rounded up to whole encoder batches): each actor call scores
+        this many rows batch by batch and writes them as one file. Larger parts read back
+        faster (``read_vertices``); a killed run redoes at most one part per actor.
     split : str or None
         Dataset split (LaMem: ``train_1`` ... ``test_5``).
     scores : str or None
@@ -114,6 +118,7 @@ class ScoreConfig:
     cpus_per_actor: float = 1.0
     torch_threads: int | None = None
     batch_size: int = 64
+    rows_per_part: int = 1024
     split: str | None = None
     scores: str | None = None
     limit: int | None = None
@@ -129,7 +134,7 @@ class ScoreConfig:
             raise InputError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASETS)}")
         if self.decode not in DECODE_MODES:
             raise InputError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
-        for name in ("actors", "batch_size", "decode_threads"):
+        for name in ("actors", "batch_size", "rows_per_part", "decode_threads"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 0:
@@ -207,6 +212,7 @@ class ScoreActor:
         clip_frames: int | None,
         metadata: dict,
         torch_threads: int,
+        batch_size: int,
     ) -> None:
         import torch
 
@@ -231,27 +237,37 @@ class ScoreActor:
             clip_frames=clip_frames,
         )
         self.writer = PartWriter(out)
+        self.batch_size = batch_size
         extra = {name: value for name, value in metadata.items() if name != "created"}
         self.metadata = build_metadata(
             encoder=model.metadata(), atlas=roi_set.atlas, rois=roi_set.to_dict(), **extra
         )
         self.metadata["created"] = metadata["created"]  # the driver's start, same in every part
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if PIXELS in batch.column_names:
-            decoded = table_to_decoded(batch)
-        else:
-            decoded = self.scorer.decode(batch)
-        scored = self.scorer.score(decoded)
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        scored = []
+        for first in range(0, rows.num_rows, self.batch_size):  # encoder batches of one part
+            batch = rows.slice(first, self.batch_size)
+            if PIXELS in batch.column_names:
+                decoded = table_to_decoded(batch)
+            else:
+                decoded = self.scorer.decode(batch)
+            scored.append(self.scorer.score(decoded))
+        scores = pa.concat_tables([s.scores for s in scored])
+        errors = pa.concat_tables([s.errors for s in scored])
+        timings: dict[str, float] = {}
+        for one in scored:
+            for name, value in one.timings.items():
+                timings[name] = timings.get(name, 0.0) + value
         start = time.perf_counter()
-        part = self.writer.write(write_metadata(scored.scores, self.metadata))
-        self.writer.write(scored.errors, errors=True)
-        timings = {**scored.timings, "write_s": time.perf_counter() - start}
+        part = self.writer.write(write_metadata(scores, self.metadata))
+        self.writer.write(errors, errors=True)
+        timings["write_s"] = time.perf_counter() - start
         return pa.table(
             {
                 "part": [part or ""],
-                "rows": [scored.scores.num_rows],
-                "errors": [scored.errors.num_rows],
+                "rows": [scores.num_rows],
+                "errors": [errors.num_rows],
                 **{name: [value] for name, value in timings.items()},
             }
         )
@@ -380,11 +396,12 @@ def run_score_job(config: ScoreConfig, command: list[str] | None = None) -> Scor
         gpus = config.gpus_per_actor
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        # One input block per batch: each actor call then returns as soon as its part is
-        # written, which drives the progress bar and bounds what a killed run loses.
+        # One input block per part: each actor call returns as soon as its part is written,
+        # which drives the progress bar and bounds what a killed run loses.
+        rows_per_part = -(-config.rows_per_part // config.batch_size) * config.batch_size
         ds = readers.open_dataset(
             config.dataset, config.root, exclude_ids=excluded or None,
-            rows_per_block=config.batch_size, read_batch_size=config.batch_size, **options,
+            rows_per_block=rows_per_part, read_batch_size=config.batch_size, **options,
         )
         if config.decode == "tasks":
             from neuromem.encoders import load_encoder
@@ -405,7 +422,7 @@ def run_score_job(config: ScoreConfig, command: list[str] | None = None) -> Scor
             compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_gpus=gpus,
             num_cpus=config.cpus_per_actor,
-            batch_size=config.batch_size,
+            batch_size=rows_per_part,
             batch_format="pyarrow",
             zero_copy_batch=True,
             fn_constructor_kwargs={
@@ -422,6 +439,7 @@ def run_score_job(config: ScoreConfig, command: list[str] | None = None) -> Scor
                     "split": config.split,
                 },
                 "torch_threads": config.torch_threads or max(1, int(config.cpus_per_actor)),
+                "batch_size": config.batch_size,
             },
         )
         _consume(ds, summary, len(todo), start, config.progress)
@@ -498,10 +516,10 @@ def _write_measured(
         dataset="bold5000",
     )
     metadata["created"] = created
-    for first in range(0, table.num_rows, config.batch_size):
+    for first in range(0, table.num_rows, config.rows_per_part):
         writer.write(
-            write_metadata(table.slice(first, config.batch_size), metadata),
-            keys=todo_keys[first : first + config.batch_size],
+            write_metadata(table.slice(first, config.rows_per_part), metadata),
+            keys=todo_keys[first : first + config.rows_per_part],
         )
     wall = time.perf_counter() - start
     return ScoreSummary(

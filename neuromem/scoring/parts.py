@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from neuromem.data.schema import IMAGE_ID
-from neuromem.scoring.table import ERRORS_DIR
+from neuromem.scoring.table import ERRORS_DIR, parquet_write_options
 
 TEMP_PREFIX = ".tmp-"
 
@@ -86,7 +86,7 @@ class PartWriter:
             self.fs.create_dir(folder, recursive=True)
         name = part_name(table.column(IMAGE_ID).to_pylist() if keys is None else keys)
         temp = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
-        pq.write_table(table, temp, filesystem=self.fs, compression="zstd")
+        pq.write_table(table, temp, filesystem=self.fs, **parquet_write_options(table.schema))
         self.fs.move(temp, f"{folder}/{name}")
         return name
 
