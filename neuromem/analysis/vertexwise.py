@@ -42,7 +42,7 @@ from neuromem.scoring.table import (
     open_table,
 )
 
-BLOCK_ROWS = 1024
+BLOCK_ROWS = 512
 """Rows reduced at once: a float64 block of 1024 × 20484 values is 168 MB."""
 
 
