@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from neuromem.cortex.surface import N_VERTICES, check_n_vertices
@@ -71,11 +72,13 @@ def open_table(path_or_dataset: PathOrDataset, *, filesystem=None) -> ds.Dataset
     Returns
     -------
     pyarrow.dataset.Dataset
-        The table's Parquet files in sorted order, without the ``errors/`` sub-directory.
+        The table's Parquet files in sorted order, without the ``_errors/`` sub-directory.
     """
     if isinstance(path_or_dataset, ds.Dataset):
         return path_or_dataset
     source = os.fspath(path_or_dataset)
+    if filesystem is None and "://" not in source:
+        filesystem = pafs.LocalFileSystem(use_mmap=True)  # local files: no copy on read
     try:
         return ds.dataset(
             source,
