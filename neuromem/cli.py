@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "assess": "pipelines.assess",
     "decompose": "pipelines.decompose",
     "guide": "pipelines.guide",
-    "enhance": "neuromem.commands.enhance",
+    "enhance": "pipelines.enhance",
     "cross-eval": "pipelines.cross_eval",
     "tune-guidance": "pipelines.tune_guidance",
     "finetune": "pipelines.finetune_draft",

@@ -117,3 +117,9 @@ def run(args: argparse.Namespace) -> int:
         "guidance_trace": [vars(record) for record in result.records],
     }, args.out / "responses.json")
     return 0
+
+
+if __name__ == "__main__":
+    from neuromem.cli import run_module
+
+    raise SystemExit(run_module(__name__))
