@@ -1,8 +1,18 @@
-"""Shared fixtures: one local Ray cluster per test session, offline settings."""
+"""Shared fixtures: one local Ray cluster per test session, offline settings, the ``ray`` marker.
+
+Layout: ``tests/unit/<package>/`` tests one library package (mostly without Ray),
+``tests/jobs/`` runs commands end to end, ``tests/cluster/`` checks cluster configs and runs
+jobs on a multi-node loopback cluster. Every test that starts Ray carries the ``ray`` marker, so
+``pytest -m "not ray"`` is the fast loop: tests that use the :func:`ray_local` fixture and every
+test under ``tests/cluster/`` get it automatically, other modules set ``pytestmark``; a test
+without the marker that starts Ray in-process fails.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +38,25 @@ def ray_local():
                  log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+_CLUSTER_TESTS = Path(__file__).parent / "cluster"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that starts Ray with ``ray`` (see the module docstring)."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()) or _CLUSTER_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _ray_marker_is_honest(request):
+    """Fail a test that starts Ray in-process without the ``ray`` marker."""
+    was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    if was_running or request.node.get_closest_marker("ray") is not None:
+        return
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        pytest.fail("this test started Ray without the `ray` marker: use the ray_local fixture "
+                    "or mark the module with pytestmark = pytest.mark.ray")

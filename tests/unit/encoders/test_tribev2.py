@@ -24,7 +24,7 @@ from neuromem.encoders.tribev2 import (
 )
 from neuromem.errors import InputError, MissingWeightsError
 
-UPSTREAM = Path(__file__).resolve().parents[1] / ".upstream"
+UPSTREAM = Path(__file__).resolve().parents[3] / ".upstream"
 
 
 @pytest.fixture(scope="module")

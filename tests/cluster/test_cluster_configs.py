@@ -13,7 +13,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 LAUNCHER_CONFIGS = ["aws.yaml", "gcp.yaml"]
 
 

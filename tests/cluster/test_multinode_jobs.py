@@ -26,12 +26,12 @@ import pytest
 import scipy.stats
 import torch
 import yaml
-from raycluster import LoopbackCluster, make_cluster
+from tests.cluster.raycluster import LoopbackCluster, make_cluster
 
 from neuromem.data import synthetic
 from neuromem.data.decode import decode_image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNTIME_ENV = Path("cluster") / "runtime_env.yaml"  # relative: submitted from REPO
 ENCODER = "clip-probe:tiny"
 ACCELERATORS = ("A100", "H100")
