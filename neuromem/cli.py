@@ -8,7 +8,7 @@ import importlib.util
 import logging
 import sys
 
-from neuromem.errors import NeuromemError
+from neuromem.errors import find_user_error
 
 # command name -> module defining ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS: dict[str, str] = {
@@ -32,6 +32,18 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help, unless the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS)
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _first_line(module_name: str) -> str:
     spec = importlib.util.find_spec(module_name)
     if spec is None or spec.origin is None:
@@ -44,14 +56,26 @@ def _first_line(module_name: str) -> str:
 
 
 def _run(module, args: argparse.Namespace) -> int:
+    """Run a command; a user error is one line on stderr and exit status 2.
+
+    Errors raised inside Ray workers are unwrapped to the neuromem error behind them
+    (``--debug`` prints the whole traceback instead). Ctrl-C exits with status 130.
+    """
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(module.run(args) or 0)
-    except NeuromemError as exc:
-        print(f"neuromem: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("neuromem: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None or getattr(args, "debug", False):
+            raise
+        message = str(user_error).strip() or type(user_error).__name__
+        print(f"neuromem: error: {message}", file=sys.stderr)
         return 2
 
 
@@ -76,12 +100,19 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name in COMMANDS.items():
         help_text = _first_line(module_name)
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        cmd = sub.add_parser(name, help=help_text, description=help_text,
+                             formatter_class=HelpFormatter)
+        _add_common_arguments(cmd)
         cmd.set_defaults(_module=module_name)
         if name == wanted:
             importlib.import_module(module_name).add_arguments(cmd)
     return parser
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
 
 
 def run_module(module_name: str, argv: list[str] | None = None) -> int:
@@ -89,8 +120,9 @@ def run_module(module_name: str, argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     if module_name == "__main__" and getattr(module, "__spec__", None) is not None:
         module_name = module.__spec__.name  # run as `python -m pipelines.X`
-    parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__,
+                                     formatter_class=HelpFormatter)
+    _add_common_arguments(parser)
     module.add_arguments(parser)
     return _run(module, parser.parse_args(argv))
 

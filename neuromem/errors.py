@@ -22,3 +22,24 @@ class MissingWeightsError(NeuromemError, FileNotFoundError):
 
 class InputError(NeuromemError, ValueError):
     """An input file or table cannot be used (corrupt, wrong layout, missing column)."""
+
+
+def find_user_error(error: BaseException) -> NeuromemError | None:
+    """The :class:`NeuromemError` behind ``error``, if any (None for a bug).
+
+    Errors raised inside Ray tasks and actors reach the driver wrapped (``RayTaskError`` with a
+    ``cause``, Ray Data's ``UserCodeException`` chained with ``__cause__``); this walks the chain.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(current, NeuromemError) and not isinstance(cause, BaseException):
+            return current
+        stack.extend([cause if isinstance(cause, BaseException) else None,
+                      current.__cause__, current.__context__])
+    return None

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the sample set, score it, print a preview and what to do next."""
     from neuromem.data import synthetic
-    from neuromem.scoring.job import ScoreConfig, run_score_job
+    from neuromem.jobs.score import ScoreConfig, run_score
     from neuromem.scoring.table import ERRORS_DIR, open_table, read_metadata, read_vertices
 
     start = time.perf_counter()
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"1/3 writing {args.n_images} sample images (scene-like and object-like) to {images}")
     synthetic.write_image_folder(images, n_images=args.n_images, seed=args.seed, csv=True)
     print(f"2/3 scoring them with {DEMO_ENCODER} on a local Ray actor pool")
-    summary = run_score_job(
+    summary = run_score(
         ScoreConfig(
             dataset="folder",
             root=str(images),
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             rows_per_part=100,
             gpus_per_actor=0,
         ),
-        command=["neuromem", "demo", "--out", str(args.out)],
+        argv=["neuromem", "demo", "--out", str(args.out)],
     )
     print(summary.format())
     dataset = open_table(table_dir)

@@ -1,9 +1,8 @@
-"""Dataset readers: pure listings (pandas rows, no bytes), Ray Datasets of payloads, decoding.
+"""Dataset readers: pure listings (pandas rows, no bytes), payload loading, decoding.
 
-See :mod:`neuromem.data.schema` for the columns. Ray is imported only by
-:func:`open_dataset`.
+See :mod:`neuromem.data.schema` for the columns.
 """
 
-from neuromem.data.readers import DATASETS, list_rows, open_dataset
+from neuromem.data.readers import DATASETS, list_rows, load_payloads
 
-__all__ = ["DATASETS", "list_rows", "open_dataset"]
+__all__ = ["DATASETS", "list_rows", "load_payloads"]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from neuromem.data.readers import exists, join_uri, list_files, read_bytes, read_text
+from neuromem.runtime.storage import exists, join_uri, list_files, read_bytes, read_text
 from neuromem.data.schema import (
     CATEGORY,
     CATEGORY_OBJECT,

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from neuromem.data.readers import join_uri, list_files, read_bytes
+from neuromem.runtime.storage import join_uri, list_files, read_bytes
 from neuromem.data.schema import CATEGORY, IMAGE_ID, MEMORABILITY, SOURCE, finalize_rows
 from neuromem.errors import InputError
 

@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from neuromem.data.readers import join_uri, list_files, read_text
+from neuromem.runtime.storage import join_uri, list_files, read_text
 from neuromem.data.schema import IMAGE_ID, MEMORABILITY, SOURCE, SPLIT, finalize_rows
 from neuromem.errors import InputError
 

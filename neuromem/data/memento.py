@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from neuromem.data.readers import exists, join_uri, read_text
+from neuromem.runtime.storage import exists, join_uri, read_text
 from neuromem.data.schema import IMAGE_ID, MEMORABILITY, SOURCE, SPLIT, finalize_rows
 from neuromem.errors import InputError
 

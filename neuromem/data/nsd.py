@@ -10,7 +10,7 @@ Files, at their release paths under ``root`` or directly in ``root``:
 
 Ids: the CSV's ``nsdId`` is **0-based** and is the row of ``imgBrick``. ``image_id`` is
 ``"nsd-{nsdId + 1:05d}"``, the 1-based "73k id" NSD's papers and design files use, so
-``nsd-00001`` is ``nsdId`` 0. ``source`` is ``"<brick path>#<nsdId>"``; open_dataset reads
+``nsd-00001`` is ``nsdId`` 0. ``source`` is ``"<brick path>#<nsdId>"``; load_payloads reads
 those rows with h5py and gives ``media`` ``"array:425x425x3"``.
 """
 
@@ -21,7 +21,7 @@ import os
 
 import pandas as pd
 
-from neuromem.data.readers import exists, join_uri, read_bytes
+from neuromem.runtime.storage import exists, join_uri, read_bytes
 from neuromem.data.schema import IMAGE_ID, SOURCE, SPLIT, finalize_rows
 from neuromem.errors import InputError
 

@@ -1,10 +1,10 @@
-"""Dataset dispatch and the Ray layer: listings become a ``ray.data.Dataset`` of payload bytes.
+"""Dataset dispatch and payload loading: listings, then the bytes each row names.
 
-:func:`list_rows` calls a dataset's pure listing function; :func:`open_dataset` turns the
-listing into a Ray Dataset and adds ``media`` and ``payload`` (see :mod:`neuromem.data.schema`)
-in a ``map_batches`` stage. Bytes are read with :mod:`pyarrow.fs`, so sources may be local paths
-or URIs (``s3://``, ``gs://``, ``file://``). Pixels are not decoded here
-(:mod:`neuromem.data.decode` does that where they are used).
+:func:`list_rows` calls a dataset's pure listing function; :func:`load_payloads` adds ``media``
+and ``payload`` (see :mod:`neuromem.data.schema`) to a batch of listing rows — the image-map
+engine (:mod:`neuromem.jobs.image_map`) runs it as a Ray Data stage. Bytes are read through
+:mod:`neuromem.runtime.storage`, so sources may be local paths or URIs (``s3://``, ``gs://``,
+``file://``). Pixels are not decoded here (:mod:`neuromem.data.batch` does that).
 
 Sources of the form ``<file>.hdf5#<index>`` (NSD) are rows of the file's image brick; they
 are read with h5py by sorted index within each batch.
@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from neuromem.data.schema import (
     IMAGE_ID,
@@ -35,9 +32,7 @@ from neuromem.data.schema import (
     rows_to_arrow,
 )
 from neuromem.errors import InputError, UnknownNameError
-
-if TYPE_CHECKING:
-    import ray.data
+from neuromem.runtime.storage import read_bytes, resolve
 
 #: Dataset names :func:`list_rows` and :func:`open_dataset` accept.
 DATASETS = ("lamem", "nsd", "memento10k", "bold5000", "folder")
@@ -77,69 +72,6 @@ def list_rows(name: str, root: str | os.PathLike, **options) -> pd.DataFrame:
     module_name, function_name = _LISTERS[name]
     lister = getattr(importlib.import_module(module_name), function_name)
     return lister(root, **options)
-
-
-def open_dataset(
-    name: str,
-    root: str | os.PathLike,
-    *,
-    split: str | None = None,
-    exclude_ids: Iterable[str] | None = None,
-    rows_per_block: int = 256,
-    read_batch_size: int = 32,
-    **options,
-) -> ray.data.Dataset:
-    """Open a dataset as a Ray Dataset with ``media`` and ``payload`` columns.
-
-    Parameters
-    ----------
-    name : str
-        One of :data:`DATASETS`.
-    root : path or URI
-        The dataset's root directory.
-    split : str or None
-        Passed to the listing function (``None``: every row).
-    exclude_ids : iterable of str or None
-        ``image_id`` values to leave out (e.g. rows already scored, to resume); dropped from the
-        listing before any byte is read.
-    rows_per_block : int
-        Listing rows per input block (the unit of parallelism of the read stage).
-    read_batch_size : int
-        Rows per ``map_batches`` call that reads bytes (and per output block).
-    **options
-        Other options of the listing function.
-
-    Returns
-    -------
-    ray.data.Dataset
-        Lazy; the listing's columns plus ``media`` (string) and ``payload`` (binary).
-
-    Raises
-    ------
-    InputError
-        When no rows are left to read (the error says how many were excluded).
-    """
-    import ray.data
-
-    if split is not None:
-        options["split"] = split
-    rows = list_rows(name, root, **options)
-    rows = drop_ids(rows, exclude_ids)
-    if rows.empty:
-        raise InputError(f"{name} at {root}: no rows to read (listing empty or all ids excluded)")
-    table = rows_to_arrow(rows)
-    blocks = [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
-    return ray.data.from_arrow(blocks).map_batches(
-        load_payloads, batch_size=read_batch_size, batch_format="pyarrow"
-    )
-
-
-def drop_ids(rows: pd.DataFrame, exclude_ids: Iterable[str] | None) -> pd.DataFrame:
-    """Rows whose ``image_id`` is not in ``exclude_ids`` (all rows when it is ``None``)."""
-    if exclude_ids is None:
-        return rows
-    excluded = set(map(str, exclude_ids))
-    return rows[~rows[IMAGE_ID].isin(excluded)].reset_index(drop=True)
 
 
 def load_payloads(rows: pa.Table) -> pa.Table:
@@ -194,65 +126,3 @@ def read_brick_rows(path: str, wanted: list[tuple[int, int]]) -> list[np.ndarray
             raise InputError(f"{path}: index {unique[-1]} out of range ({brick.shape[0]} images)")
         pixels_nhw3 = brick[unique.tolist()]
     return [pixels_nhw3[i] for i in inverse]
-
-
-# ----------------------------------------------------------------------------------------------
-# File access through pyarrow.fs (local paths and URIs alike)
-
-
-def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and path for a local path or a URI (``s3://bucket/key``, ``file:///x``)."""
-    text = os.fspath(uri)
-    if "://" in text:
-        try:
-            return pafs.FileSystem.from_uri(text)
-        except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            raise InputError(f"cannot open {text!r}: {error}") from None
-    return pafs.LocalFileSystem(), os.path.abspath(text)
-
-
-def join_uri(root: str | os.PathLike, *parts: str) -> str:
-    """Join a root (local path or URI) and ``/``-separated parts; local roots become absolute."""
-    text = os.fspath(root)
-    base = text.rstrip("/") if "://" in text else os.path.abspath(text)
-    return "/".join([base, *(p.strip("/") for p in parts)])
-
-
-def read_bytes(uri: str) -> bytes:
-    """All bytes of a file (local path or URI); a missing file raises :class:`InputError`."""
-    filesystem, path = resolve(uri)
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read()
-    except FileNotFoundError:
-        raise InputError(f"file not found: {uri}") from None
-
-
-def read_text(uri: str) -> str:
-    """A UTF-8 text file (local path or URI)."""
-    return read_bytes(uri).decode("utf-8")
-
-
-def exists(uri: str) -> bool:
-    """Whether a file or directory exists (local path or URI)."""
-    filesystem, path = resolve(uri)
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def list_files(root: str, extensions: tuple[str, ...]) -> list[str]:
-    """Paths relative to ``root`` (``/``-separated, sorted) of files with these extensions.
-
-    The search is recursive; extensions are compared case-insensitively (give them lower-case,
-    with the dot).
-    """
-    filesystem, base = resolve(root)
-    info = filesystem.get_file_info(base)
-    if info.type != pafs.FileType.Directory:
-        raise InputError(f"{root} is not a directory")
-    selector = pafs.FileSelector(base, recursive=True)
-    found = [
-        entry.path[len(base) :].lstrip("/")
-        for entry in filesystem.get_file_info(selector)
-        if entry.type == pafs.FileType.File and entry.path.lower().endswith(extensions)
-    ]
-    return sorted(found)

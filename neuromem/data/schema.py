@@ -17,7 +17,7 @@ columns, followed by dataset-specific ones:
 ``category`` (string, nullable)
     coarse category (``object``, ``scene``); null when unknown.
 
-Once loaded by :func:`neuromem.data.readers.open_dataset` two more columns follow:
+Once loaded by :func:`neuromem.data.readers.load_payloads` two more columns follow:
 
 ``media`` (string)
     ``"image"`` (encoded image file), ``"video"`` (encoded video file) or
@@ -47,7 +47,7 @@ PAYLOAD = "payload"
 
 #: The base columns every listing starts with, in order.
 BASE_COLUMNS = (IMAGE_ID, DATASET, SPLIT, SOURCE, MEMORABILITY, CATEGORY)
-#: The columns :func:`~neuromem.data.readers.open_dataset` adds.
+#: The columns :func:`~neuromem.data.readers.load_payloads` adds.
 LOADED_COLUMNS = (MEDIA, PAYLOAD)
 
 #: Arrow types of the base columns (nullable where the table above says so).

@@ -91,3 +91,31 @@ def _tribev2(argument: str, spec: str) -> BrainEncoder:
 
 
 register_encoder("tribev2", _tribev2)
+
+
+def check_spec(spec: str) -> None:
+    """Check an encoder spec without loading any weights (run before a job starts).
+
+    The kind must be registered; an argument other than ``tiny`` that names a local path must
+    exist.
+
+    Raises
+    ------
+    UnknownNameError
+        ``kind`` is not registered.
+    MissingWeightsError
+        The local file or folder the spec names does not exist.
+    """
+    import os
+
+    from neuromem.errors import MissingWeightsError
+
+    kind, _, argument = spec.partition(":")
+    if kind not in _FACTORIES:
+        raise UnknownNameError(
+            f"unknown encoder {spec!r}: kind {kind!r} is not registered; "
+            f"registered kinds: {', '.join(available_encoders())}"
+        )
+    if argument and argument != "tiny" and "://" not in argument:
+        if not os.path.exists(os.path.expanduser(argument)):
+            raise MissingWeightsError(f"encoder {spec!r}: {argument} does not exist")

@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from neuromem.cortex.surface import N_VERTICES, check_n_vertices
 from neuromem.errors import InputError, UnknownNameError, VertexCountError
+from neuromem.runtime.storage import ERRORS_DIR, resolve
 
 VERTICES_COLUMN = "vertices"
 """Name of the column holding each row's 20,484 vertex responses."""
@@ -52,8 +52,6 @@ ROI_PREFIX = "roi_"
 METADATA_KEY = b"neuromem"
 """Schema metadata key under which the table's JSON description is stored."""
 
-ERRORS_DIR = "_errors"  # "_" so that pandas and pyarrow skip it when reading the table
-"""Sub-directory of a score table holding the failed inputs."""
 
 PathOrDataset = str | os.PathLike | ds.Dataset
 
@@ -77,11 +75,13 @@ def open_table(path_or_dataset: PathOrDataset, *, filesystem=None) -> ds.Dataset
     if isinstance(path_or_dataset, ds.Dataset):
         return path_or_dataset
     source = os.fspath(path_or_dataset)
-    if filesystem is None and "://" not in source:
-        filesystem = pafs.LocalFileSystem(use_mmap=True)  # local files: no copy on read
+    if filesystem is None:
+        filesystem, path = resolve(source)
+    else:
+        path = source
     try:
         return ds.dataset(
-            source,
+            path,
             format="parquet",
             filesystem=filesystem,
             ignore_prefixes=[".", "_", ERRORS_DIR],
@@ -117,21 +117,6 @@ def vertices_to_arrow(responses_bv: np.ndarray) -> pa.FixedSizeBinaryArray:
     return pa.FixedSizeBinaryArray.from_buffers(
         VERTICES_TYPE, len(raw_bv), [None, pa.py_buffer(raw_bv)]
     )
-
-
-def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
-    """Keyword arguments of :func:`pyarrow.parquet.write_table` for a score table.
-
-    The ``vertices`` column is stored plain (no dictionary, no compression: responses do not
-    compress and dictionary pages would make every read re-materialise the values), which is
-    what lets :func:`read_vertices` decode tens of thousands of rows per second; the other
-    columns are zstd-compressed and dictionary-encoded as usual.
-    """
-    others = [name for name in schema.names if name != VERTICES_COLUMN]
-    compression = {name: "zstd" for name in others}
-    if VERTICES_COLUMN in schema.names:
-        compression[VERTICES_COLUMN] = "none"
-    return {"compression": compression, "use_dictionary": others}
 
 
 def decode_vertices(
@@ -465,7 +450,6 @@ def read_metadata(
 
 __all__ = [
     "ERRORS_DIR",
-    "parquet_write_options",
     "METADATA_KEY",
     "ROI_PREFIX",
     "VERTEX_BYTES",

@@ -12,7 +12,7 @@ from neuromem.data.bold5000 import measured_table
 from neuromem.data.decode import decode_image, decode_video
 from neuromem.data.schema import array_media
 from neuromem.encoders import load_encoder
-from neuromem.scoring.job import ScoreConfig, run_score_job
+from neuromem.jobs.score import ScoreConfig, run_score
 from neuromem.scoring.table import open_table, read_metadata, read_vertices
 
 ENCODER = "clip-probe:tiny"
@@ -31,9 +31,9 @@ def test_nsd_and_memento(ray_local, tmp_path):
 
     nsd_root = tmp_path / "nsd"
     truth = synthetic.write_nsd(nsd_root, n_images=6, seed=1)
-    summary = run_score_job(ScoreConfig(
+    summary = run_score(ScoreConfig(
         dataset="nsd", root=str(nsd_root), encoder=ENCODER, out=str(tmp_path / "nsd_scores"),
-        keep_vertices=True, batch_size=4, decode="tasks", progress=False,
+        keep_vertices=True, batch_size=4, decode="tasks", no_progress=True,
     ))
     assert (summary.rows, summary.errors) == (6, 0)
     frame = scored(tmp_path / "nsd_scores")
@@ -52,9 +52,9 @@ def test_nsd_and_memento(ray_local, tmp_path):
     memento_root = tmp_path / "memento"
     videos = synthetic.write_memento(memento_root, n_videos=3, seed=2, n_frames=6, side=48)
     (memento_root / "videos" / videos["filename"][0]).write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    summary = run_score_job(ScoreConfig(
+    summary = run_score(ScoreConfig(
         dataset="memento10k", root=str(memento_root), encoder=ENCODER, clip_frames=4,
-        out=str(tmp_path / "memento_scores"), keep_vertices=True, batch_size=2, progress=False,
+        out=str(tmp_path / "memento_scores"), keep_vertices=True, batch_size=2, no_progress=True,
     ))
     assert (summary.rows, summary.errors) == (2, 1)
     frame = scored(tmp_path / "memento_scores")
@@ -76,9 +76,9 @@ def test_bold5000_measured_table(tmp_path):
     synthetic.write_bold5000(root, n_stimuli=6, seed=0)
     expected = measured_table(root).sort_values(["subject", "image_id"]).reset_index(drop=True)
     config = ScoreConfig(dataset="bold5000", root=str(root), encoder="-", out=str(out),
-                         batch_size=5, progress=False)
-    assert run_score_job(config).rows == len(expected)
-    again = run_score_job(config)
+                         batch_size=5, no_progress=True)
+    assert run_score(config).rows == len(expected)
+    again = run_score(config)
     assert (again.rows, again.skipped) == (0, len(expected))
     frame = pd.read_parquet(out).sort_values(["subject", "image_id"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(frame, expected, check_dtype=False)

@@ -19,8 +19,8 @@ from neuromem.cortex.rois import load_roi_set
 from neuromem.data import synthetic
 from neuromem.data.decode import decode_image
 from neuromem.encoders import load_encoder
-from neuromem.scoring.job import ScoreConfig, run_score_job
-from neuromem.scoring.parts import PartWriter, part_name
+from neuromem.jobs.score import ScoreConfig, run_score
+from neuromem.runtime.storage import PartWriter, part_name
 from neuromem.scoring.table import open_table, read_metadata, read_vertices
 
 ENCODER = "clip-probe:tiny"
@@ -66,18 +66,18 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
     (root / "images" / "00000006.jpg").unlink()  # listed in the split files, gone from disk
     bad = {"00000004.jpg", "00000006.jpg", "00000009.jpg"}
     config = dict(dataset="lamem", root=str(root), encoder=ENCODER, out=str(out),
-                  keep_vertices=True, batch_size=4, progress=False)
+                  keep_vertices=True, batch_size=4, no_progress=True)
 
     # A first run over the first 12 rows, then a run over all 20 scores only the other 8.
-    first = run_score_job(ScoreConfig(limit=12, **config))
+    first = run_score(ScoreConfig(limit=12, **config))
     assert (first.rows, first.errors, first.skipped) == (9, 3, 0)
     stale = out / ".tmp-0123-part-deadbeef.parquet"  # what a killed writer leaves
     stale.write_bytes(b"PAR1 half written")
-    second = run_score_job(ScoreConfig(**config))
+    second = run_score(ScoreConfig(**config))
     assert (second.rows, second.errors, second.skipped) == (8, 0, 12)
     assert not stale.exists()
     parts = sorted(p.name for p in out.glob("part-*.parquet"))
-    third = run_score_job(ScoreConfig(**config))
+    third = run_score(ScoreConfig(**config))
     assert (third.rows, third.errors, third.skipped) == (0, 0, 20)
     assert sorted(p.name for p in out.glob("part-*.parquet")) == parts
 
@@ -110,7 +110,7 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
     assert metadata["encoder"]["trained"] is False
     assert metadata["rois"] == roi_set.to_dict() and metadata["atlas"] == roi_set.atlas
     assert metadata["neuromem_version"] and metadata["created"] and metadata["dataset"] == "lamem"
-    assert PartWriter(str(out)).written_ids() == set(frame["image_id"])
+    assert PartWriter(str(out)).written_keys() == set(frame["image_id"])
     for part in out.glob("part-*.parquet"):  # vertices stored plain, so they read back fast
         meta = pq.ParquetFile(part).metadata
         column = meta.row_group(0).column(meta.schema.names.index("vertices"))
@@ -144,11 +144,11 @@ def test_killed_run_resumes_exactly_once(ray_local, tmp_path):
     leftovers = [p for p in psutil.process_iter() if _session(p.pid) == driver.pid]
     psutil.wait_procs(leftovers, timeout=120)
     assert driver.returncode == -signal.SIGKILL
-    written = PartWriter(str(out)).written_ids()
+    written = PartWriter(str(out)).written_keys()
     assert 0 < len(written) < len(truth), "the run must be killed midway"
 
-    summary = run_score_job(ScoreConfig(dataset="lamem", root=str(root), encoder=ENCODER,
-                                        out=str(out), batch_size=16, progress=False))
+    summary = run_score(ScoreConfig(dataset="lamem", root=str(root), encoder=ENCODER,
+                                        out=str(out), batch_size=16, no_progress=True))
     assert summary.skipped == len(written)
     assert summary.rows == len(truth) - len(written) and summary.errors == 0
     ids = open_table(out).to_table(columns=["image_id"]).column(0).to_pylist()

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from neuromem.data import list_rows, open_dataset, synthetic
+from neuromem.data import list_rows, load_payloads, synthetic
+from neuromem.data.schema import rows_to_arrow
 from neuromem.data.decode import decode_video
 from neuromem.errors import InputError
 
@@ -39,9 +40,9 @@ def test_memento_bad_json(tmp_path):
         list_rows("memento10k", tmp_path)
 
 
-def test_memento_payloads_are_videos(ray_local, memento_root):
+def test_memento_payloads_are_videos(memento_root):
     root, truth = memento_root
-    loaded = open_dataset("memento10k", root, split="train").to_pandas()
+    loaded = load_payloads(rows_to_arrow(list_rows("memento10k", root, split="train"))).to_pandas()
     assert len(loaded) == 2 and (loaded["media"] == "video").all()
     frames_thw3, _ = decode_video(loaded["payload"][0], n_frames=3)
     assert frames_thw3.shape == (3, 48, 48, 3)

@@ -1,4 +1,4 @@
-"""LaMem and image-folder listings on their on-disk layouts, and open_dataset on a real Ray."""
+"""LaMem and image-folder listings on their on-disk layouts, and the payloads their rows name."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from neuromem.data import DATASETS, list_rows, open_dataset, synthetic
+from neuromem.data import DATASETS, list_rows, load_payloads, synthetic
 from neuromem.data.decode import decode_image
-from neuromem.data.schema import BASE_COLUMNS, BASE_SCHEMA
+from neuromem.data.schema import BASE_COLUMNS, BASE_SCHEMA, rows_to_arrow
 from neuromem.errors import InputError, UnknownNameError
 
 
@@ -105,12 +105,10 @@ def test_unknown_dataset_name():
         list_rows("imagenet", "/nowhere")
 
 
-def test_open_dataset_payloads_decode_to_written_pixels(ray_local, lamem_root):
+def test_payloads_decode_to_written_pixels(lamem_root):
     root, truth = lamem_root
-    done = truth["image_id"].iloc[:10].tolist()
-    dataset = open_dataset("lamem", root, exclude_ids=done, rows_per_block=8, read_batch_size=4)
-    loaded = dataset.to_pandas()
-    assert len(loaded) == 30 and not set(done) & set(loaded["image_id"])
+    loaded = load_payloads(rows_to_arrow(list_rows("lamem", root).iloc[10:])).to_pandas()
+    assert len(loaded) == 30
     assert (loaded["media"] == "image").all()
     assert {"payload", "media", "splits", "memorability"} <= set(loaded.columns)
     for row in loaded.head(5).itertuples():
@@ -120,17 +118,24 @@ def test_open_dataset_payloads_decode_to_written_pixels(ray_local, lamem_root):
         kind = truth.loc[truth["image_id"] == row.image_id, "category"].item()
         drawn = synthetic.sample_image(kind, np.random.default_rng([4, index]), 48)
         assert np.abs(decode_image(row.payload).astype(int) - drawn).mean() < 8  # JPEG q90
-    schema = dataset.schema()
-    assert dict(zip(schema.names, schema.types, strict=True))["payload"] == pa.binary()
+    table = load_payloads(rows_to_arrow(list_rows("lamem", root).iloc[:2]))
+    assert table.schema.field("payload").type == pa.binary()
 
 
-def test_open_dataset_with_file_uri_and_split(ray_local, folder_root):
+def test_payloads_through_file_uris(folder_root):
     root, _ = folder_root
-    loaded = open_dataset(
-        "folder", f"file://{root}", scores=f"file://{root}/scores.csv"
-    ).to_pandas()
+    rows = list_rows("folder", f"file://{root}", scores=f"file://{root}/scores.csv")
+    loaded = load_payloads(rows_to_arrow(rows)).to_pandas()
     assert len(loaded) == 12 and loaded["memorability"].notna().all()
     assert all(s.startswith("file://") for s in loaded["source"])
     assert decode_image(loaded["payload"][0]).shape == (40, 40, 3)
-    with pytest.raises(InputError, match="no rows"):
-        open_dataset("folder", root, exclude_ids=loaded["image_id"])
+
+
+def test_unreadable_file_becomes_an_unreadable_row(folder_root, tmp_path):
+    root, _ = folder_root
+    rows = list_rows("folder", root).iloc[:2].copy()
+    rows.loc[rows.index[1], "source"] = str(tmp_path / "gone.jpg")
+    loaded = load_payloads(rows_to_arrow(rows)).to_pandas()
+    assert loaded["media"][0] == "image" and len(loaded["payload"][0]) > 0
+    assert loaded["media"][1].startswith("unreadable: ") and "gone.jpg" in loaded["media"][1]
+    assert loaded["payload"][1] == b""

@@ -1,0 +1,77 @@
+"""Options shared by commands: one name, one meaning and one help text per concept.
+
+Every command adds its shared options through these functions, so ``--encoder``, ``--rois``,
+``--out``, ``--overwrite``, ``--address``, ``--actors``, ``--seed``, ``--device`` and
+``--no-progress`` mean the same everywhere. Defaults are shown in ``--help`` by the CLI's help
+formatter (:class:`neuromem.cli.HelpFormatter`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from neuromem.jobs.image_map import DECODE_MODES
+
+
+def add_encoder(parser: argparse.ArgumentParser, *, required: bool = True,
+                default: str | None = None, help_text: str = "brain encoder") -> None:
+    """``--encoder SPEC``."""
+    parser.add_argument(
+        "--encoder", required=required and default is None, default=default, metavar="SPEC",
+        help=f"{help_text}: tribev2, tribev2:/folder, clip-probe:/probe.safetensors, "
+             "or the untrained test models tribev2:tiny, clip-probe:tiny")
+
+
+def add_rois(parser: argparse.ArgumentParser) -> None:
+    """``--rois SET``."""
+    parser.add_argument("--rois", default="default", metavar="SET",
+                        help="ROI set: 'default' (HCP-MMP1 groups) or a YAML file")
+
+
+def add_out(parser: argparse.ArgumentParser, *, what: str = "output folder",
+            overwrite: bool = True) -> None:
+    """``--out`` and, for outputs a rerun could mix with, ``--overwrite``."""
+    parser.add_argument("--out", required=True, help=f"{what} (local path or s3://, gs:// URI)")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace what --out already holds instead of refusing")
+
+
+def add_cluster(parser: argparse.ArgumentParser, *, pool: bool = True,
+                batch_size: int = 64) -> None:
+    """``--address`` and, for image jobs, the actor-pool options."""
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    if not pool:
+        return
+    parser.add_argument("--actors", type=int, default=1, help="model actors (a fixed pool)")
+    parser.add_argument("--gpus-per-actor", type=float, default=None,
+                        help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads per actor on CPU (default: --cpus-per-actor)")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help="images per model call")
+    parser.add_argument("--decode", choices=DECODE_MODES, default="actor",
+                        help="decode images in the model actors (nvJPEG on GPU) or in "
+                             "separate CPU tasks")
+    parser.add_argument("--decode-threads", type=int, default=4,
+                        help="decoding threads per actor")
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_seed(parser: argparse.ArgumentParser, *, default: int = 0,
+             what: str = "random numbers") -> None:
+    """``--seed``."""
+    parser.add_argument("--seed", type=int, default=default, help=f"seed of {what}")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (``auto``: CUDA when visible, else CPU)."""
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (a GPU if visible, else the CPU), cpu, cuda, "
+                             "cuda:N")
