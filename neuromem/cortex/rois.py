@@ -35,6 +35,19 @@ from neuromem.cortex.atlas import Atlas, load_atlas, load_glasser, unknown_name_
 from neuromem.cortex.surface import N_VERTICES_HEMI
 from neuromem.errors import InputError, UnknownNameError
 
+COLUMN_PREFIX = "roi_"
+"""Prefix of every ROI column of a table (``roi_FFA``)."""
+
+
+def roi_column(name: str) -> str:
+    """The table column of an ROI typed with or without its prefix: ``FFA`` → ``roi_FFA``.
+
+    Users may type ``PPA`` or ``roi_PPA`` wherever an ROI is named; both mean ``roi_PPA``.
+    """
+    name = name.strip()
+    return name if name.startswith(COLUMN_PREFIX) else f"{COLUMN_PREFIX}{name}"
+
+
 HEMI_PREFIXES = {"left": "lh_", "right": "rh_"}
 """Prefix of the per-hemisphere variant of each ROI (``lh_FFA``, ``rh_FFA``)."""
 

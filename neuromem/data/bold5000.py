@@ -33,7 +33,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from neuromem.runtime.storage import exists, join_uri, list_files, read_bytes, read_text
 from neuromem.data.schema import (
     CATEGORY,
     CATEGORY_OBJECT,
@@ -44,6 +43,7 @@ from neuromem.data.schema import (
     finalize_rows,
 )
 from neuromem.errors import InputError
+from neuromem.runtime.storage import exists, join_uri, list_files, read_bytes, read_text
 
 DATASET = "bold5000"
 ROIS = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")

@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from neuromem.runtime.storage import join_uri, list_files, read_bytes
 from neuromem.data.schema import CATEGORY, IMAGE_ID, MEMORABILITY, SOURCE, finalize_rows
 from neuromem.errors import InputError
+from neuromem.runtime.storage import join_uri, list_files, read_bytes
 
 DATASET = "folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -12,9 +12,9 @@ import re
 
 import pandas as pd
 
-from neuromem.runtime.storage import join_uri, list_files, read_text
 from neuromem.data.schema import IMAGE_ID, MEMORABILITY, SOURCE, SPLIT, finalize_rows
 from neuromem.errors import InputError
+from neuromem.runtime.storage import join_uri, list_files, read_text
 
 DATASET = "lamem"
 _SPLIT_FILE = re.compile(r"^((?:train|val|test)_\d+)\.txt$")

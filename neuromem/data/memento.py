@@ -13,9 +13,9 @@ import os
 import numpy as np
 import pandas as pd
 
-from neuromem.runtime.storage import exists, join_uri, read_text
 from neuromem.data.schema import IMAGE_ID, MEMORABILITY, SOURCE, SPLIT, finalize_rows
 from neuromem.errors import InputError
+from neuromem.runtime.storage import exists, join_uri, read_text
 
 DATASET = "memento10k"
 SPLITS = ("train", "val", "test")

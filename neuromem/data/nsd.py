@@ -21,9 +21,9 @@ import os
 
 import pandas as pd
 
-from neuromem.runtime.storage import exists, join_uri, read_bytes
 from neuromem.data.schema import IMAGE_ID, SOURCE, SPLIT, finalize_rows
 from neuromem.errors import InputError
+from neuromem.runtime.storage import exists, join_uri, read_bytes
 
 DATASET = "nsd"
 CSV_PATHS = ("nsddata/experiments/nsd/nsd_stim_info_merged.csv", "nsd_stim_info_merged.csv")

@@ -20,7 +20,6 @@ import pandas as pd
 import pyarrow as pa
 
 from neuromem.data.schema import (
-    IMAGE_ID,
     LOADED_SCHEMA,
     MEDIA,
     MEDIA_IMAGE,
@@ -29,7 +28,6 @@ from neuromem.data.schema import (
     PAYLOAD,
     SOURCE,
     array_media,
-    rows_to_arrow,
 )
 from neuromem.errors import InputError, UnknownNameError
 from neuromem.runtime.storage import read_bytes, resolve

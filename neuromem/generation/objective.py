@@ -13,31 +13,29 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from neuromem.cortex.rois import roi_column
 from neuromem.errors import InputError, UnknownNameError
 
 
 def parse_target(spec: str) -> dict[str, float]:
     """Parse ``"roi_PPA:+1,roi_RSC:-1"`` into ``{"roi_PPA": 1.0, "roi_RSC": -1.0}``.
 
-    A name without a weight (``"roi_PPA"``) has weight +1.
+    ROI names may be typed with or without ``roi_`` (``"PPA:+1,RSC:-1"`` is the same target).
+    A name without a weight (``"PPA"``) has weight +1.
 
     Raises
     ------
     InputError
-        On an empty spec, a weight that is not a finite number, a repeated ROI, or a name
-        that does not start with ``roi_``.
+        On an empty spec, a weight that is not a finite number, or a repeated ROI.
     """
     weights: dict[str, float] = {}
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
         name, sep, value = item.partition(":")
-        name = name.strip()
-        if not name.startswith("roi_"):
-            raise InputError(
-                f"target ROI {name!r} must be an ROI column such as 'roi_PPA' "
-                "(format: 'roi_PPA:+1,roi_RSC:-1')"
-            )
+        if not name.strip():
+            raise InputError(f"empty ROI name in target {spec!r} (format: 'PPA:+1,RSC:-1')")
+        name = roi_column(name)
         try:
             weight = float(value) if sep else 1.0
         except ValueError:

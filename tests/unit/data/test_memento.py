@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from neuromem.data import list_rows, load_payloads, synthetic
-from neuromem.data.schema import rows_to_arrow
 from neuromem.data.decode import decode_video
+from neuromem.data.schema import rows_to_arrow
 from neuromem.errors import InputError
 
 

@@ -17,11 +17,18 @@ def test_parse_target_weights_and_round_trip():
     assert parse_target(format_target(weights)) == weights
 
 
+def test_roi_names_with_or_without_prefix_are_the_same_target():
+    assert parse_target("PPA:+1, RSC:-1") == parse_target("roi_PPA:+1,roi_RSC:-1")
+    assert parse_target("lh_FFA") == {"roi_lh_FFA": 1.0}
+    with pytest.raises(InputError, match="twice"):
+        parse_target("PPA:1,roi_PPA:2")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         ("", "empty target"),
-        ("PPA:+1", "must be an ROI column"),
+        (":+1", "empty ROI name"),
         ("roi_PPA:abc", "not a number"),
         ("roi_PPA:inf", "finite"),
         ("roi_PPA:1,roi_PPA:2", "twice"),
