@@ -387,12 +387,14 @@ def map_images(
     pool: PoolOptions = PoolOptions(),
     parts: PartsOutput | None = None,
     decode_size: tuple[int | None, int] | None = None,
+    address: str | None = None,
     progress: bool = True,
     desc: str = "images",
 ) -> MapResult:
     """Run a model over the images of ``rows`` on a Ray actor pool (see the module docstring).
 
-    Call inside :func:`neuromem.jobs.session.ray_session`.
+    Ray is started (or joined) through :func:`neuromem.jobs.session.ray_session` only when
+    there is work to do; inside an enclosing ``ray_session`` that session is used.
 
     Parameters
     ----------
@@ -405,6 +407,8 @@ def map_images(
         Actor pool settings.
     parts : PartsOutput or None
         Parts mode (actors write the table) instead of rows mode.
+    address : str or None
+        Ray cluster address (``--address``); None: ``RAY_ADDRESS``, else an embedded Ray.
     decode_size : (int or None, int) or None
         ``(input_size, clip_frames)`` of the model, needed only with ``pool.decode="tasks"``
         (decoding then happens before the model exists).
@@ -423,10 +427,7 @@ def map_images(
         When the rows lack the input columns, or none of the rows to do succeeded (the message
         gives the first error and, in parts mode, where the errors table is).
     """
-    import ray
-
-    from neuromem.data.readers import load_payloads
-    from neuromem.jobs.session import cluster_has_gpus
+    from neuromem.jobs.session import ray_session
 
     start = time.perf_counter()
     pool.check()
@@ -444,6 +445,29 @@ def map_images(
         return result
     if pool.decode == "tasks" and decode_size is None:
         raise InputError("decode='tasks' needs the model's decode_size")
+    with ray_session(address):
+        returned = _run_pool(rows, recipe, pool, parts, decode_size, result, start, progress, desc)
+    if parts is None:
+        _collect_rows(returned, rows, result)
+    elif parts.retry_errors and result.n_rows:
+        _clear_retried_errors(writer)
+    result.wall_s = time.perf_counter() - start
+    if result.n_rows == 0 and result.n_errors:
+        first = result.errors.column("error")[0].as_py() if result.errors.num_rows else "?"
+        where = f"; errors in {display(writer.location)}/_errors" if writer is not None else ""
+        raise InputError(f"none of the {result.n_errors} images could be processed; "
+                         f"first error: {first}{where}")
+    return result
+
+
+def _run_pool(rows: pd.DataFrame, recipe: ModelRecipe, pool: PoolOptions,
+              parts: PartsOutput | None, decode_size, result: MapResult, start: float,
+              progress: bool, desc: str) -> list[pa.Table]:
+    """Build the Ray Data pipeline and drain it (inside a Ray session)."""
+    import ray
+
+    from neuromem.data.readers import load_payloads
+    from neuromem.jobs.session import cluster_has_gpus
 
     gpus = pool.gpus_per_actor
     if gpus is None:
@@ -480,18 +504,7 @@ def map_images(
             "parts": parts,
         },
     )
-    returned = _drain(dataset, result, len(rows), start, progress, desc, parts is not None)
-    if parts is None:
-        _collect_rows(returned, rows, result)
-    elif parts.retry_errors and result.n_rows:
-        _clear_retried_errors(writer)
-    result.wall_s = time.perf_counter() - start
-    if result.n_rows == 0 and result.n_errors:
-        first = result.errors.column("error")[0].as_py() if result.errors.num_rows else "?"
-        where = f"; errors in {display(writer.location)}/_errors" if writer is not None else ""
-        raise InputError(f"none of the {result.n_errors} images could be processed; "
-                         f"first error: {first}{where}")
-    return result
+    return _drain(dataset, result, len(rows), start, progress, desc, parts is not None)
 
 
 def _rows_to_do(rows: pd.DataFrame, writer: PartWriter,

@@ -157,6 +157,9 @@ class ScoreSummary:
 
     def format(self) -> str:
         """Human-readable summary lines."""
+        if self.rows == 0 and self.errors == 0:
+            return (f"nothing to do: the {self.skipped} rows asked for are already in {self.out}"
+                    + (f" ({self.retried} earlier errors retried)" if self.retried else ""))
         lines = [f"scored {self.rows} rows, {self.errors} errors, {self.skipped} already done"
                  + (f", {self.retried} earlier errors retried" if self.retried else "")
                  + f"; {self.wall_s:.1f} s wall, {self.images_per_s:.1f} images/s"]
@@ -279,8 +282,6 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
         Bad settings, a folder holding another table, or no row scored (the message says where
         the errors are).
     """
-    from neuromem.jobs.session import ray_session
-
     start = time.perf_counter()
     rows, writer, settings = prepare(config)
     listed_s = time.perf_counter() - start
@@ -289,20 +290,20 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
     if config.dataset == "bold5000":
         summary = _write_measured(rows, writer, base)
     else:
-        with ray_session(config.address):
-            result = map_images(
-                rows,
-                ModelRecipe(build_scorer, {"encoder": config.encoder, "rois": config.rois,
-                                           "keep_vertices": config.keep_vertices,
-                                           "clip_frames": config.clip_frames}),
-                pool=config.pool,
-                parts=PartsOutput(config.out, metadata=_Stamp(base),
-                                  rows_per_part=config.rows_per_part,
-                                  retry_errors=config.retry_errors),
-                decode_size=_decode_size(config) if config.decode == "tasks" else None,
-                progress=not config.no_progress,
-                desc="scoring",
-            )
+        result = map_images(
+            rows,
+            ModelRecipe(build_scorer, {"encoder": config.encoder, "rois": config.rois,
+                                       "keep_vertices": config.keep_vertices,
+                                       "clip_frames": config.clip_frames}),
+            pool=config.pool,
+            parts=PartsOutput(config.out, metadata=_Stamp(base),
+                              rows_per_part=config.rows_per_part,
+                              retry_errors=config.retry_errors),
+            decode_size=_decode_size(config) if config.decode == "tasks" else None,
+            address=config.address,
+            progress=not config.no_progress,
+            desc="scoring",
+        )
         summary = ScoreSummary(out=display(config.out), rows=result.n_rows,
                                errors=result.n_errors, skipped=result.n_skipped,
                                retried=result.n_retried, first_result_s=result.first_result_s,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,11 @@ from pathlib import Path
 #: Files and folders never uploaded with the working directory when connecting to a cluster.
 RUNTIME_EXCLUDES = [".venv", ".upstream", ".git", ".devwhl", "demo_out", "**/__pycache__",
                     "*.egg-info", "benchmarks/results"]
+
+#: Lines Ray's C++ core prints on stderr at error level that are no failure of a neuromem job.
+#: Ray Data keeps an actor pool's constructor arguments in the object store and lets actors
+#: restart: it says so for every actor, but an actor that cannot restart fails the job loudly.
+NOISE_LINES = ("has constructor arguments in the object store and max_restarts > 0",)
 
 #: Loggers whose informational lines mean nothing to a neuromem user.
 _NOISY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "ray._private")
@@ -46,7 +53,7 @@ def quiet_ray() -> None:
     if hasattr(context, "enable_operator_progress_bars"):
         context.enable_operator_progress_bars = False
     for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _init_kwargs(address: str | None, dashboard: bool, num_cpus: int | None) -> dict:
@@ -89,12 +96,51 @@ def ray_session(address: str | None = None, *, dashboard: bool = False,
     if ray.is_initialized():
         yield False
         return
-    ray.init(**_init_kwargs(address, dashboard, num_cpus))
-    quiet_ray()
+    with _stderr_without(NOISE_LINES):
+        ray.init(**_init_kwargs(address, dashboard, num_cpus))
+        quiet_ray()
+        try:
+            yield True
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _stderr_without(noise: tuple[str, ...]) -> Iterator[None]:
+    """Drop lines containing ``noise`` from what native code writes to file descriptor 2.
+
+    Python's ``sys.stderr`` (progress bars, messages) keeps writing to the real stderr; only
+    writers of the raw descriptor (Ray's C++ core and the processes it starts) pass through a
+    pipe whose reader forwards every other line unchanged.
+    """
     try:
-        yield True
+        sys.stderr.flush()
+        real = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2 (embedded interpreters)
+        yield
+        return
+    read_end, write_end = os.pipe()
+    previous_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(real), "w", buffering=1, encoding="utf-8", errors="replace")
+
+    def forward() -> None:  # until every writer of the pipe has closed it
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not any(text.encode() in line for text in noise):
+                    os.write(real, line)
+        os.close(real)
+
+    reader = threading.Thread(target=forward, name="neuromem-stderr-filter", daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
     finally:
-        ray.shutdown()
+        sys.stderr.flush()
+        os.dup2(real, 2)  # our end of the pipe closes; children still holding it close later
+        sys.stderr.close()
+        sys.stderr = previous_stderr
 
 
 def cluster_has_gpus() -> bool:

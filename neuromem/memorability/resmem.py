@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -128,3 +129,29 @@ class ResMemAssessor:
 
     def _forward(self, cropped_b3hw: torch.Tensor) -> torch.Tensor:
         return self.model(cropped_b3hw).reshape(-1).float()
+
+
+RESMEM_COLUMN = "memorability_resmem"
+"""Column holding ResMem's memorability score in tables."""
+
+
+class ResMemRowModel:
+    """ResMem as a row model of the image-map engine: decoded images → ``memorability_resmem``.
+
+    Images are decoded at their own size and preprocessed exactly as the ``resmem`` package
+    does (:meth:`ResMemAssessor.score_pixels`); videos are failed rows.
+    """
+
+    input_size = None
+    clip_frames = 0
+    schema = pa.schema([pa.field(RESMEM_COLUMN, pa.float32())])
+
+    def __init__(self, device: str | torch.device = "auto") -> None:
+        from neuromem.runtime.device import resolve_device
+
+        self.device = resolve_device(device)
+        self.assessor = ResMemAssessor(self.device)
+
+    def __call__(self, decoded) -> pa.Table:
+        scores = self.assessor.score_pixels(list(decoded.pixels))
+        return pa.table({RESMEM_COLUMN: pa.array(scores, pa.float32())}, schema=self.schema)

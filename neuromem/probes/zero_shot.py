@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import open_clip
+import pyarrow as pa
 import torch
 
 from neuromem.encoders.preprocessing import check_images, normalise, resize_center_crop
@@ -108,3 +109,37 @@ class ZeroShotClassifier:
         probs_bc = self.probabilities(images_b3hw)
         best_b = probs_bc.argmax(axis=1)
         return [self.names[k] for k in best_b], probs_bc[np.arange(len(best_b)), best_b]
+
+
+class ZeroShotRowModel:
+    """Zero-shot labels as a row model of the image-map engine: images → ``label``, ``probability``.
+
+    Parameters
+    ----------
+    model : dict
+        Fields of the open_clip model spec (:class:`neuromem.probes.features.ClipModelSpec`).
+    classes : mapping of str to sequence of str
+        Class name → prompts.
+    """
+
+    clip_frames = 0
+    schema = pa.schema([pa.field("label", pa.string()), pa.field("probability", pa.float32())])
+
+    def __init__(self, model: dict, classes: Mapping[str, Sequence[str]]) -> None:
+        from neuromem.probes.features import ClipModelSpec, load_clip_model
+        from neuromem.runtime.device import resolve_device
+
+        self.device = resolve_device("auto")
+        clip, tokenizer = load_clip_model(ClipModelSpec(**model), self.device)
+        self.classifier = ZeroShotClassifier(clip, tokenizer, classes)
+        self.input_size = self.classifier.input_size
+
+    def __call__(self, decoded) -> pa.Table:
+        from neuromem.data.batch import to_float_pixels
+
+        if decoded.rows.num_rows == 0:
+            return self.schema.empty_table()
+        labels, probabilities = self.classifier.classify(
+            to_float_pixels(decoded.pixels, self.device))
+        return pa.table({"label": pa.array(labels, pa.string()),
+                         "probability": pa.array(probabilities, pa.float32())}, schema=self.schema)
