@@ -74,8 +74,10 @@ def _run(module, args: argparse.Namespace) -> int:
         user_error = find_user_error(exc)
         if user_error is None or getattr(args, "debug", False):
             raise
-        message = str(user_error).strip() or type(user_error).__name__
-        print(f"neuromem: error: {message}", file=sys.stderr)
+        # neuromem's messages are one line; Ray appends its own lines to errors it carries
+        lines = str(user_error).strip().splitlines()
+        print(f"neuromem: error: {lines[0] if lines else type(user_error).__name__}",
+              file=sys.stderr)
         return 2
 
 

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(summary.format())
     if args.summary_json:
         write_json(args.summary_json, summary.to_dict())
-    return 0
+    return 130 if summary.interrupted else 0
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ from __future__ import annotations
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from neuromem.data.decode import decode_image, decode_video
 from neuromem.data.schema import (
@@ -34,6 +33,9 @@ from neuromem.data.schema import (
     PAYLOAD,
     SOURCE,
 )
+
+if TYPE_CHECKING:  # torch is imported where pixels meet a model (the driver needs none)
+    import torch
 
 #: Columns of the errors table.
 ERROR_SCHEMA = pa.schema(
@@ -184,6 +186,7 @@ def decode_rows_cuda(
     executor : concurrent.futures.Executor or None
         Used by the CPU fallback.
     """
+    import torch
     import torchvision.io
 
     from neuromem.encoders.preprocessing import resize_center_crop
@@ -259,6 +262,8 @@ def to_float_pixels(pixels: np.ndarray | torch.Tensor, device: torch.device) -> 
 
     Float tensors (already decoded on the GPU) are returned as they are.
     """
+    import torch
+
     if isinstance(pixels, torch.Tensor) and pixels.is_floating_point():
         return pixels
     pixels_u8 = torch.as_tensor(pixels).to(device, non_blocking=True)

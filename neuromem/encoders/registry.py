@@ -12,14 +12,17 @@ Built-in specs:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-
-from neuromem.encoders.base import BrainEncoder
 from neuromem.errors import InputError, UnknownNameError
 
+if TYPE_CHECKING:  # checking a spec needs no torch
+    import torch
+
+    from neuromem.encoders.base import BrainEncoder
+
 # factory(argument, spec) -> BrainEncoder; ``argument`` is the text after the first ":" ("" if none)
-EncoderFactory = Callable[[str, str], BrainEncoder]
+EncoderFactory = Callable[[str, str], "BrainEncoder"]
 
 _FACTORIES: dict[str, EncoderFactory] = {}
 

@@ -33,6 +33,7 @@ the errors and the batch times (steady-state throughput, where the time went).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +58,7 @@ from neuromem.data.batch import (
     take_rows,
 )
 from neuromem.data.schema import IMAGE_ID, LOADED_COLUMNS, SOURCE, rows_to_arrow
-from neuromem.errors import InputError
+from neuromem.errors import InputError, NeuromemError
 from neuromem.runtime.progress import progress_bar
 from neuromem.runtime.storage import PartWriter, display
 from neuromem.runtime.throughput import BatchTime, SteadyState, stage_totals, steady_state
@@ -71,7 +73,7 @@ INPUT_COLUMNS = (IMAGE_ID, "dataset", SOURCE)
 _ROW = "__row"          # input position (rows mode)
 _ERROR = "__error"      # failure message, null on success (rows mode, decode tasks)
 _STAGE = "__stage"      # stage that failed (rows mode)
-_TIMES = "__times"      # JSON list of BatchTime records, on the first row of each block
+_TIMES = "__times"      # JSON {"batches": [BatchTime...], "startup": {...} or null}, first row
 _PIXELS = "__pixels"    # decoded pixels (decode tasks)
 
 
@@ -139,6 +141,14 @@ class MapResult:
         Wall time of the run, s.
     first_result_s : float or None
         Seconds from the start until the first block came back (start-up cost).
+    interrupted : bool
+        Parts mode: the run was stopped by Ctrl-C; the parts written so far stay, and a rerun
+        resumes after them.
+    started_at, ray_ready_at : float
+        Wall clock (``time.time()``) when Ray was asked for, and once it was up.
+    actor_starts : list of dict
+        Per actor: wall clock when its constructor began (``actor_init``) and its model was
+        built (``model_ready``).
     """
 
     values: pa.Table | None = None
@@ -151,6 +161,24 @@ class MapResult:
     batches: list[BatchTime] = field(default_factory=list)
     wall_s: float = 0.0
     first_result_s: float | None = None
+    started_at: float = field(default_factory=time.time)
+    interrupted: bool = False
+    ray_ready_at: float | None = None
+    actor_starts: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def startup(self) -> dict[str, float]:
+        """Where a run's start-up went, s: ``ray`` (starting or joining Ray), ``actors``
+        (worker processes and imports, until the first actor began building its model),
+        ``model`` (that actor's model build), ``first_batch`` (until its first batch ended)."""
+        if self.ray_ready_at is None or not self.actor_starts or not self.batches:
+            return {}
+        first = min(self.actor_starts, key=lambda s: s["actor_init"])
+        first_end = min(b.end for b in self.batches)
+        return {"ray": self.ray_ready_at - self.started_at,
+                "actors": first["actor_init"] - self.ray_ready_at,
+                "model": first["model_ready"] - first["actor_init"],
+                "first_batch": first_end - first["model_ready"]}
 
     @property
     def steady(self) -> SteadyState:
@@ -181,20 +209,32 @@ class ImageMapActor:
 
     def __init__(self, recipe: ModelRecipe, batch_size: int, decode_threads: int,
                  torch_threads: int, parts: PartsOutput | None) -> None:
+        self.startup: dict[str, float] | None = {"actor_init": time.time()}
         import torch
 
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, torch_threads))
-        self.model = recipe.build(**recipe.kwargs)
+        # A user error while building the model (missing or corrupt weights) is raised by the
+        # first call instead: Ray keeps a task's exception for the driver, but reduces an actor
+        # constructor's to text, and the user should see neuromem's one-line message.
+        self.build_error: NeuromemError | None = None
+        try:
+            self.model = recipe.build(**recipe.kwargs)
+        except NeuromemError as error:
+            self.build_error = error
+        self.startup["model_ready"] = time.time()
         self.batch_size = batch_size
         self.executor = ThreadPoolExecutor(max(1, decode_threads))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.parts = parts
         if parts is not None:
             self.writer = PartWriter(parts.location, key=parts.key)
-            self.stamp = parts.metadata(self.model) if parts.metadata else (lambda t: t)
+            self.stamp = (parts.metadata(self.model) if parts.metadata and self.build_error is None
+                          else (lambda t: t))
 
     def __call__(self, block: pa.Table) -> pa.Table:
+        if self.build_error is not None:
+            raise self.build_error
         outputs: list[pa.Table] = []
         inputs: list[pa.Table] = []
         errors: list[pa.Table] = []
@@ -221,6 +261,11 @@ class ImageMapActor:
         if self.parts is not None:
             return self._write(inputs, outputs, errors, times)
         return self._rows(block, inputs, outputs, errors, times)
+
+    def _times(self, times: list[BatchTime]) -> str:
+        """The block's batch times, and the actor's start-up with its first block."""
+        startup, self.startup = self.startup, None
+        return json.dumps({"batches": [t.to_dict() for t in times], "startup": startup})
 
     def _rows_one_by_one(self, decoded: DecodedBatch):
         """Run the model row by row after a batch failed, to isolate the row(s) at fault."""
@@ -251,7 +296,7 @@ class ImageMapActor:
                                   {**last.stages, "write": write_s})
         return pa.table({"part": [part or ""], "rows": [table.num_rows],
                          "errors": [failed.num_rows],
-                         _TIMES: [json.dumps([t.to_dict() for t in times])]})
+                         _TIMES: [self._times(times)]})
 
     def _rows(self, block, inputs, outputs, errors, times) -> pa.Table:
         positions = block.column(_ROW).to_numpy()
@@ -271,7 +316,7 @@ class ImageMapActor:
             **columns,
             _STAGE: pa.array([reasons.get(i, (None, None))[0] for i in ids], pa.string()),
             _ERROR: pa.array([reasons.get(i, (None, None))[1] for i in ids], pa.string()),
-            _TIMES: pa.array([json.dumps([t.to_dict() for t in times])]
+            _TIMES: pa.array([self._times(times)]
                              + [None] * (len(ids) - 1), pa.string()),
         })
 
@@ -445,13 +490,33 @@ def map_images(
         return result
     if pool.decode == "tasks" and decode_size is None:
         raise InputError("decode='tasks' needs the model's decode_size")
+    returned: list[pa.Table] = []
+    failure: BaseException | None = None
+    result.started_at = time.time()
     with ray_session(address):
-        returned = _run_pool(rows, recipe, pool, parts, decode_size, result, start, progress, desc)
+        result.ray_ready_at = time.time()
+        try:
+            returned = _run_pool(rows, recipe, pool, parts, decode_size, result, start,
+                                 progress, desc)
+        except KeyboardInterrupt as error:
+            if parts is None:  # rows mode: nothing was kept, the caller stops too
+                failure = _without_frames(error)
+            result.interrupted = True  # parts mode: what was written stays and resumes
+        except Exception as error:
+            failure = _without_frames(error)
+        if failure is not None or result.interrupted:
+            # The failed pipeline's frames hold its actors (and their CPUs and GPUs) in
+            # reference cycles; free them now, or a shared Ray would run the next job short.
+            gc.collect()
+    if failure is not None:
+        raise failure
+    result.wall_s = time.perf_counter() - start
+    if result.interrupted:
+        return result
     if parts is None:
         _collect_rows(returned, rows, result)
     elif parts.retry_errors and result.n_rows:
         _clear_retried_errors(writer)
-    result.wall_s = time.perf_counter() - start
     if result.n_rows == 0 and result.n_errors:
         first = result.errors.column("error")[0].as_py() if result.errors.num_rows else "?"
         where = f"; errors in {display(writer.location)}/_errors" if writer is not None else ""
@@ -507,6 +572,20 @@ def _run_pool(rows: pd.DataFrame, recipe: ModelRecipe, pool: PoolOptions,
     return _drain(dataset, result, len(rows), start, progress, desc, parts is not None)
 
 
+def _without_frames(error: BaseException) -> BaseException:
+    """``error`` with the tracebacks of its whole chain dropped (they hold the pipeline)."""
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        stack += [current.__cause__, current.__context__]
+    return error
+
+
 def _rows_to_do(rows: pd.DataFrame, writer: PartWriter,
                 parts: PartsOutput) -> tuple[pd.DataFrame, int, int]:
     """Rows not yet written (resume), the number skipped and the number retried."""
@@ -523,13 +602,19 @@ def _drain(dataset, result: MapResult, total: int, start: float, progress: bool,
            parts_mode: bool) -> list[pa.Table]:
     """Consume the actors' output, updating the bar, the counts and the batch times."""
     returned: list[pa.Table] = []
-    with progress_bar(total, desc=desc, unit="img", enabled=progress) as bar:
-        for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+    blocks = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    with progress_bar(total, desc=desc, unit="img", enabled=progress) as bar, closing(blocks):
+        # closing(): on an error or Ctrl-C the executor stops now and frees its actors, not
+        # whenever the exception's traceback is collected (a shared Ray would wait for them)
+        for block in blocks:
             if result.first_result_s is None:
                 result.first_result_s = time.perf_counter() - start
             for text in block.column(_TIMES).to_pylist():
                 if text:
-                    result.batches.extend(BatchTime(**t) for t in json.loads(text))
+                    record = json.loads(text)
+                    result.batches.extend(BatchTime(**t) for t in record["batches"])
+                    if record["startup"]:
+                        result.actor_starts.append(record["startup"])
             if parts_mode:
                 log.debug("wrote part(s) %s", ",".join(block.column("part").to_pylist()))
                 done = sum(block.column("rows").to_pylist())

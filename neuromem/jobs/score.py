@@ -141,7 +141,13 @@ class ScoreSummary:
         Steady-state throughput from the actors' batch times (interval, batches inside it).
     seconds : dict
         Seconds per stage summed over actors (``decode``, ``model``, ``write``) and the driver's
-        stages (``list``, ``run``).
+        listing (``list``).
+    startup : dict
+        Where the start-up went, s (:attr:`neuromem.jobs.image_map.MapResult.startup`).
+    skipped_files : dict
+        Image folders: files that are not images, ``{extension: count}``.
+    interrupted : bool
+        Stopped by Ctrl-C: the parts written so far stay; a rerun resumes.
     """
 
     out: str
@@ -154,17 +160,27 @@ class ScoreSummary:
     images_per_s: float = 0.0
     steady: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    startup: dict[str, float] = field(default_factory=dict)
+    skipped_files: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
 
     def format(self) -> str:
         """Human-readable summary lines."""
-        if self.rows == 0 and self.errors == 0:
-            return (f"nothing to do: the {self.skipped} rows asked for are already in {self.out}"
-                    + (f" ({self.retried} earlier errors retried)" if self.retried else ""))
-        lines = [f"scored {self.rows} rows, {self.errors} errors, {self.skipped} already done"
+        skipped_files = ("files that are not images, not scored: " + ", ".join(
+            f"{count} {extension}" for extension, count in self.skipped_files.items())
+            if self.skipped_files else "")
+        if self.rows == 0 and self.errors == 0 and not self.interrupted:
+            return "\n".join(line for line in [
+                f"nothing to do: the {self.skipped} rows asked for are already in {self.out}",
+                skipped_files] if line)
+        lines = [skipped_files,f"scored {self.rows} rows, {self.errors} errors, {self.skipped} already done"
                  + (f", {self.retried} earlier errors retried" if self.retried else "")
                  + f"; {self.wall_s:.1f} s wall, {self.images_per_s:.1f} images/s"]
         if self.first_result_s is not None:
-            lines.append(f"first part after {self.first_result_s:.1f} s")
+            lines.append(f"first part after {self.first_result_s:.1f} s" + (
+                " (start-up: " + ", ".join(f"{name.replace('_', ' ')} {value:.1f} s"
+                                           for name, value in self.startup.items()) + ")"
+                if self.startup else ""))
         rate = self.steady.get("rows_per_s")
         if rate:
             lines.append(f"steady state {rate:.1f} images/s over {self.steady['interval_s']:.1f} s "
@@ -173,6 +189,9 @@ class ScoreSummary:
             lines.append("where the time went: " + ", ".join(
                 f"{name} {value:.1f} s" for name, value in self.seconds.items()))
         lines.append(f"table: {self.out}")
+        if self.interrupted:
+            lines.append("interrupted: the parts written so far are kept; run the same command "
+                         "again to resume")
         if self.errors or self.skipped:
             lines.append(f"errors: {join_uri(self.out, ERRORS_DIR)} "
                          "(rerun with --retry-errors to try them again)"
@@ -251,8 +270,10 @@ def prepare(config: ScoreConfig) -> tuple[pd.DataFrame, PartWriter, dict[str, An
         rows = bold5000.measured_table(config.root)
     else:
         rows = list_rows(config.dataset, config.root, **config.listing_options())
+    skipped_files = rows.attrs.get("skipped_files", {})
     if config.limit is not None:
         rows = rows.iloc[: config.limit]
+    rows.attrs["skipped_files"] = skipped_files
     check_writable(config.out)
     writer = PartWriter(config.out)
     settings = table_settings(config, roi_set)
@@ -308,7 +329,9 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
                                errors=result.n_errors, skipped=result.n_skipped,
                                retried=result.n_retried, first_result_s=result.first_result_s,
                                steady=result.steady.to_dict(),
-                               seconds={"list": listed_s, **result.stage_seconds})
+                               seconds={"list": listed_s, **result.stage_seconds},
+                               startup=result.startup, interrupted=result.interrupted)
+    summary.skipped_files = rows.attrs.get("skipped_files", {})
     summary.wall_s = time.perf_counter() - start
     summary.images_per_s = (summary.rows + summary.errors) / summary.wall_s
     return summary

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -44,16 +45,22 @@ def repo_root() -> str:
 
 
 def quiet_ray() -> None:
-    """Turn off Ray Data's progress bars and start-of-execution lines, and Ray's INFO logging."""
+    """Turn off Ray Data's progress bars, start-of-execution lines and error logging.
+
+    An error in a job reaches the driver as the exception raised in the worker (Ray Data's
+    ``raise_original_map_exception``), which the CLI prints as one line; Ray's own log lines
+    about it would only repeat it as a traceback.
+    """
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.raise_original_map_exception = True  # the user's error, not a wrapper, reaches the CLI
     if hasattr(context, "enable_operator_progress_bars"):
         context.enable_operator_progress_bars = False
     for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _init_kwargs(address: str | None, dashboard: bool, num_cpus: int | None) -> dict:
@@ -102,7 +109,24 @@ def ray_session(address: str | None = None, *, dashboard: bool = False,
         try:
             yield True
         finally:
-            ray.shutdown()
+            with _sigint_deferred():  # a Ctrl-C now must not leave Ray's processes behind
+                ray.shutdown()
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold off Ctrl-C during the block; raise it afterwards if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextmanager
@@ -141,6 +165,7 @@ def _stderr_without(noise: tuple[str, ...]) -> Iterator[None]:
         os.dup2(real, 2)  # our end of the pipe closes; children still holding it close later
         sys.stderr.close()
         sys.stderr = previous_stderr
+        reader.join(timeout=2.0)  # the lines written so far are out before we go on
 
 
 def cluster_has_gpus() -> bool:

@@ -94,10 +94,11 @@ def read_bytes(location: str | os.PathLike) -> bytes:
             return stream.read()
     except FileNotFoundError:
         raise InputError(f"file not found: {display(location)}") from None
-    except IsADirectoryError:
-        raise InputError(f"{display(location)} is a folder, not a file") from None
-    except PermissionError:
-        raise InputError(f"cannot read {display(location)}: permission denied") from None
+    except OSError as error:  # pyarrow reports folders and permissions as OSError
+        if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+            raise InputError(f"{display(location)} is a folder, not a file") from None
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise InputError(f"cannot read {display(location)}: {reason}") from None
 
 
 def read_text(location: str | os.PathLike) -> str:

@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from neuromem.cli import main
 from neuromem.cortex.rois import load_roi_set
-from neuromem.data import synthetic
+from neuromem.data import list_rows, synthetic
 from neuromem.data.decode import decode_image
 from neuromem.encoders import load_encoder
 from neuromem.jobs.score import ScoreConfig, run_score
@@ -160,3 +161,131 @@ def _session(pid: int) -> int | None:
         return os.getsid(pid)
     except (ProcessLookupError, PermissionError):
         return None
+
+
+# --- a user's mistakes: every one gives one line and loses nothing ---------------------------
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    synthetic.write_image_folder(root, n_images=6, seed=1, csv=True)
+    return root
+
+
+def score(*arguments: str) -> int:
+    return main(["score", "--dataset", "folder", "--encoder", ENCODER, "--batch-size", "4",
+                 "--no-progress", *arguments])
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("neuromem: error: "), err
+    return err[0]
+
+
+def test_rerun_with_other_settings_refuses_and_overwrite_replaces(ray_local, folder, tmp_path,
+                                                                  capsys):
+    out = tmp_path / "scores"
+    assert score("--root", str(folder), "--out", str(out)) == 0
+    parts = sorted(out.glob("part-*.parquet"))
+    capsys.readouterr()
+    assert score("--root", str(folder), "--out", str(out), "--keep-vertices") == 2
+    line = one_line_error(capsys)
+    assert "keep_vertices: False → True" in line and "--overwrite" in line
+    assert sorted(out.glob("part-*.parquet")) == parts  # nothing mixed in
+    assert score("--root", str(folder), "--out", str(out), "--rois",
+                 str(_two_roi_yaml(tmp_path))) == 2
+    assert "rois" in one_line_error(capsys)
+    assert score("--root", str(folder), "--out", str(out), "--keep-vertices", "--overwrite") == 0
+    assert read_vertices(out).shape == (6, 20484)  # the old parts (no vertices) are gone
+
+
+def _two_roi_yaml(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("name: two\natlas: glasser\nrois:\n  early: [V1, V2]\n  face: [FFC]\n")
+    return path
+
+
+def test_a_foreign_parquet_file_in_out_is_named(ray_local, folder, tmp_path, capsys):
+    out = tmp_path / "scores"
+    out.mkdir()
+    pd.DataFrame({"x": [1, 2]}).to_parquet(out / "notes.parquet")
+    assert score("--root", str(folder), "--out", str(out)) == 2
+    assert "notes.parquet" in one_line_error(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.parquet"]
+
+
+def test_retry_errors_rescores_and_clears_them(ray_local, folder, tmp_path, capsys):
+    out = tmp_path / "scores"
+    images = sorted(list_rows("folder", folder)["image_id"])
+    victim = folder / images[0]
+    good = victim.read_bytes()
+    victim.write_bytes(b"not an image")
+    assert score("--root", str(folder), "--out", str(out)) == 0
+    assert "errors: " in capsys.readouterr().out and "_errors" in str(out / "_errors")
+    failed = pq.read_table(out / "_errors").column("image_id").to_pylist()
+    assert len(failed) == 1
+    victim.write_bytes(good)
+    assert score("--root", str(folder), "--out", str(out)) == 0
+    assert "nothing to do" in capsys.readouterr().out  # failures are not retried unasked
+    assert score("--root", str(folder), "--out", str(out), "--retry-errors") == 0
+    printed = capsys.readouterr().out
+    assert "scored 1 rows" in printed and "1 earlier errors retried" in printed
+    assert sorted(open_table(out).to_table(columns=["image_id"]).column(0).to_pylist()) == images
+    assert not list((out / "_errors").glob("*.parquet"))  # the cleared error is gone
+
+
+def test_no_row_scored_exits_non_zero_and_says_where_the_errors_are(ray_local, tmp_path, capsys):
+    root = tmp_path / "broken"
+    synthetic.write_image_folder(root, n_images=3, seed=2)
+    for image_id in list_rows("folder", root)["image_id"]:
+        (root / image_id).write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "scores"
+    assert score("--root", str(root), "--out", str(out)) == 2
+    line = one_line_error(capsys)
+    assert "none of the 3 images" in line and str(out / "_errors") in line
+    assert len(pq.read_table(out / "_errors")) == 3
+
+
+def test_bad_arguments_fail_in_one_line_before_ray_and_leave_no_output(folder, tmp_path, capsys):
+    import ray
+
+    ray_was_running = ray.is_initialized()  # (under `-m "not ray"` it is not, and must stay so)
+    out = tmp_path / "scores"
+    cases = [
+        (["--encoder", "clip:tiny"], "unknown encoder 'clip:tiny'"),
+        (["--encoder", f"clip-probe:{tmp_path / 'missing.safetensors'}"], "does not exist"),
+        (["--rois", str(tmp_path / "nope.yaml")], "nope.yaml"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--rows-per-part", "0"], "--rows-per-part must be at least 1"),
+    ]
+    for extra, message in cases:
+        code = main(["score", "--dataset", "folder", "--root", str(folder), "--out", str(out),
+                     "--encoder", ENCODER, "--no-progress", *extra])
+        assert code == 2 and message in one_line_error(capsys), extra
+        assert not out.exists() and ray.is_initialized() == ray_was_running
+    assert score("--root", str(tmp_path / "nowhere"), "--out", str(out)) == 2
+    assert "nowhere" in one_line_error(capsys)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for bad_out in (blocker / "scores", "/proc/neuromem-scores"):  # not a folder; read-only
+        assert score("--root", str(folder), "--out", str(bad_out)) == 2
+        assert "cannot write to" in one_line_error(capsys)
+
+
+def test_an_error_inside_an_actor_is_one_line(ray_local, folder, tmp_path, capsys):
+    probe = tmp_path / "corrupt.safetensors"
+    probe.write_bytes(b"garbage, not a probe")
+    code = main(["score", "--dataset", "folder", "--root", str(folder), "--out",
+                 str(tmp_path / "scores"), "--encoder", f"clip-probe:{probe}", "--no-progress"])
+    assert code == 2
+    assert "is not a safetensors file" in one_line_error(capsys)
+
+
+def test_files_that_are_not_images_are_counted(ray_local, folder, tmp_path, capsys):
+    (folder / "holiday.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (folder / "notes.txt").write_text("x")
+    assert score("--root", str(folder), "--out", str(tmp_path / "scores")) == 0
+    printed = capsys.readouterr().out
+    assert "files that are not images, not scored: 1 .csv, 1 .heic, 1 .txt" in printed  # csv: scores
