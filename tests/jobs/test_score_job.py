@@ -26,6 +26,8 @@ from neuromem.scoring.table import open_table, read_metadata, read_vertices
 
 ENCODER = "clip-probe:tiny"
 
+pytestmark = pytest.mark.ray  # some tests start Ray in a subprocess or through run_score
+
 
 @pytest.fixture(scope="module")
 def encoder():
@@ -289,3 +291,43 @@ def test_files_that_are_not_images_are_counted(ray_local, folder, tmp_path, caps
     assert score("--root", str(folder), "--out", str(tmp_path / "scores")) == 0
     printed = capsys.readouterr().out
     assert "files that are not images, not scored: 1 .csv, 1 .heic, 1 .txt" in printed  # csv: scores
+
+
+def test_ctrl_c_keeps_the_parts_prints_the_summary_and_leaves_no_ray_behind(tmp_path):
+    root, out = tmp_path / "lamem", tmp_path / "scores"
+    truth = synthetic.write_lamem(root, n_images=120, seed=7, image_size=32)
+    command = [
+        sys.executable, "-m", "pipelines.score", "-v", "--dataset", "lamem", "--root", str(root),
+        "--encoder", ENCODER, "--out", str(out), "--batch-size", "2", "--rows-per-part", "4",
+        "--no-progress",
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    wrote = threading.Event()
+    stderr_lines: list[str] = []
+
+    def watch(stream):
+        for line in stream:
+            stderr_lines.append(line)
+            if "wrote part" in line:
+                wrote.set()
+
+    threading.Thread(target=watch, args=(driver.stderr,), daemon=True).start()
+    assert wrote.wait(timeout=300), "the driver wrote no part"
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
+    stdout, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 130, (stdout, stderr_lines[-5:])
+    assert "interrupted: the parts written so far are kept" in stdout and "scored " in stdout
+    leftovers = [p for p in psutil.process_iter() if _session(p.pid) == driver.pid]
+    _, alive = psutil.wait_procs(leftovers, timeout=60)
+    assert not alive, f"Ray processes left behind: {[p.name() for p in alive]}"
+    written = PartWriter(str(out)).written_keys()
+    assert 0 < len(written) < len(truth)
+    summary = run_score(ScoreConfig(dataset="lamem", root=str(root), encoder=ENCODER,
+                                    out=str(out), batch_size=2, rows_per_part=4,
+                                    no_progress=True))
+    assert summary.skipped == len(written) and summary.rows == len(truth) - len(written)
+    ids = open_table(out).to_table(columns=["image_id"]).column(0).to_pylist()
+    assert sorted(ids) == sorted(truth["image_id"])

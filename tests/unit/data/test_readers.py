@@ -95,8 +95,30 @@ def test_folder_csv_problems(folder_root, tmp_path):
     (tmp_path / "text.csv").write_text("image_id,memorability\na.jpg,high\n")
     with pytest.raises(InputError, match="numeric"):
         list_rows("folder", root, scores=tmp_path / "text.csv")
-    with pytest.raises(InputError, match="no images"):
-        list_rows("folder", tmp_path)
+    with pytest.raises(InputError, match="no images.*found only 1 .csv"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "notes.csv").write_text("x")
+        list_rows("folder", tmp_path / "empty")
+
+
+def test_csv_ids_without_extension_match_and_mostly_unmatched_ids_stop(folder_root, tmp_path):
+    root, truth = folder_root
+    stems = truth.assign(image_id=truth["image_id"].str.rsplit(".", n=1).str[0])
+    stems.to_csv(tmp_path / "stems.csv", index=False)
+    rows = list_rows("folder", root, scores=tmp_path / "stems.csv")
+    merged = rows.merge(truth, on="image_id", suffixes=("", "_truth"))
+    assert len(merged) == len(truth)
+    np.testing.assert_allclose(merged["memorability"], merged["memorability_truth"])
+    wrong = truth.assign(image_id="img_" + truth["image_id"].str.replace("/", "_"))
+    wrong.to_csv(tmp_path / "wrong.csv", index=False)
+    with pytest.raises(InputError, match=r"only 0 of 12 image_id values.*e\.g\. \['img_"):
+        list_rows("folder", root, scores=tmp_path / "wrong.csv")
+
+
+def test_files_that_are_not_images_are_counted(folder_root, tmp_path):
+    root, truth = folder_root
+    rows = list_rows("folder", root)
+    assert rows.attrs["skipped_files"] == {".csv": 1}  # the scores CSV beside the images
 
 
 def test_unknown_dataset_name():
