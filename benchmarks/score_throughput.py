@@ -20,13 +20,13 @@ Examples
 --------
 CPU (this machine; default small set)::
 
-    python benchmarks/score_throughput.py --save benchmarks/results/score_throughput_cpu.json
+    python benchmarks/score_throughput.py --out benchmarks/results/score_throughput_cpu.json
 
 GPU, ≥ 20,000 JPEGs at 256 px, random-weight ViT-B-32 probe (``--encoder tribev2:DIR`` for a
 TRIBE v2 folder)::
 
     python benchmarks/score_throughput.py --n 20000 --real-size --batch-size 512 \\
-        --save benchmarks/results/score_throughput_gpu.json
+        --out benchmarks/results/score_throughput_gpu.json
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def bare_loop(args: argparse.Namespace) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)
     scorer = build_scorer(args.encoder, "default", args.keep_vertices, None)
     model_ready = time.time()
-    writer = PartWriter(args.out)
+    writer = PartWriter(args.table)
     writer.prepare()
     listing = list_rows("lamem", args.root)
     batches = [listing.iloc[i : i + args.batch_size]
@@ -148,6 +148,8 @@ def run_ray(args, root: Path, work: Path, actors: int, env: dict) -> dict:
     ]
     if args.gpus_per_actor is not None:
         command += ["--gpus-per-actor", str(args.gpus_per_actor)]
+    elif args.gpu:  # N actors share each GPU
+        command += ["--gpus-per-actor", str(1.0 / actors)]
     if not args.gpu:  # the bare loop uses every core; the actors share them
         command += ["--torch-threads", str(max(1, (os.cpu_count() or 1) // actors))]
     if args.keep_vertices:
@@ -163,7 +165,7 @@ def run_bare(args, root: Path, work: Path, env: dict) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [
         sys.executable, str(Path(__file__).resolve()), "--bare", "--root", str(root),
-        "--encoder", args.encoder, "--out", str(out), "--batch-size", str(args.batch_size),
+        "--encoder", args.encoder, "--table", str(out), "--batch-size", str(args.batch_size),
         "--decode-threads", str(args.decode_threads), "--summary-json", str(summary),
     ]
     if args.keep_vertices:
@@ -202,14 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", choices=("actor", "tasks"), default="actor",
                         help="where the Ray job decodes")
     parser.add_argument("--decode-threads", type=int, default=4)
-    parser.add_argument("--gpus-per-actor", type=float, default=None)
+    parser.add_argument("--gpus-per-actor", type=float, default=None,
+                        help="default: 1 / actors on a GPU machine (the actors share one GPU)")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--keep-vertices", action="store_true")
     parser.add_argument("--work", default="/tmp/neuromem_bench", help="data and outputs")
-    parser.add_argument("--save", default=None, help="write the results JSON here")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--table", help=argparse.SUPPRESS)
     parser.add_argument("--summary-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -260,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         # the machine may be shared: 1-minute load average before and after the runs
         "load_average_1min": [load_before, os.getloadavg()[0]],
     }
-    if args.save:
-        Path(args.save).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        print(f"saved {args.save}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(f"saved {args.out}")
     return 0
 
 

@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classes and prompts: 'scene=a photo of a scene|a landscape,"
                              "object=a photo of an object' (default: scene/object, 4 prompts each)")
     parser.add_argument("--column", default="category", help="column to write")
-    parser.add_argument("--model", default="ViT-B-32", help="open_clip model name, or 'tiny'")
-    parser.add_argument("--pretrained", default="openai",
-                        help="open_clip pretrained tag or local file; '' for random weights")
-    options.add_seed(parser, what="random model weights (with --pretrained '')")
+    parser.add_argument("--clip-model", default="open_clip:ViT-B-32@openai", metavar="SPEC",
+                        help="CLIP model: open_clip:NAME[@PRETRAINED] (tag or local file; no "
+                             "@PRETRAINED: random weights), e.g. open_clip:tiny for tests")
+    options.add_seed(parser, what="random model weights (a --clip-model without @PRETRAINED)")
     options.add_cluster(parser)
     options.add_progress(parser)
 

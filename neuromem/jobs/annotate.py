@@ -82,16 +82,17 @@ class LabelConfig(_AnnotateConfig):
         ``name=prompt|prompt,...`` (None: scene/object).
     column : str
         Column to write (its probability goes to ``<column>_probability``).
-    model, pretrained, seed : str, str, int
-        open_clip model name (or ``tiny``), pretrained tag or file (``""``: random weights
-        drawn with ``seed``).
+    clip_model : str
+        ``open_clip:NAME[@PRETRAINED]``; without ``@PRETRAINED`` the weights are random, drawn
+        with ``seed``.
+    seed : int
+        Seed of random weights.
     """
 
     csv: str | None = None
     classes: str | None = None
     column: str = "category"
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
+    clip_model: str = "open_clip:ViT-B-32@openai"
     seed: int = 0
 
 
@@ -161,7 +162,7 @@ def run_assess(config: AssessConfig) -> AnnotateSummary:
 
 def run_label_categories(config: LabelConfig) -> AnnotateSummary:
     """Label every image (zero-shot CLIP or a CSV); write the table's copy with the labels."""
-    from neuromem.probes.features import ClipModelSpec
+    from neuromem.networks import check_network
     from neuromem.probes.zero_shot import ZeroShotRowModel, parse_classes
 
     if config.csv is not None:
@@ -175,11 +176,11 @@ def run_label_categories(config: LabelConfig) -> AnnotateSummary:
         return AnnotateSummary("label-categories", display(config.out), images=len(keys),
                                **counts)
     classes = {name: list(prompts) for name, prompts in parse_classes(config.classes).items()}
-    model = ClipModelSpec(config.model, config.pretrained, config.seed)
-    model.validate()
+    check_network(config.clip_model)
     keys = _prepare(config, config.column, replace_column=config.overwrite)
-    result = map_images(keys, ModelRecipe(ZeroShotRowModel, {"model": model.to_dict(),
-                                                             "classes": classes}),
+    result = map_images(keys, ModelRecipe(ZeroShotRowModel, {"clip_model": config.clip_model,
+                                                             "classes": classes,
+                                                             "seed": config.seed}),
                         pool=config.pool, address=config.address,
                         progress=not config.no_progress, desc="label-categories")
     values = {config.column: result.values.column("label"),

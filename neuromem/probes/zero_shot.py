@@ -116,22 +116,24 @@ class ZeroShotRowModel:
 
     Parameters
     ----------
-    model : dict
-        Fields of the open_clip model spec (:class:`neuromem.probes.features.ClipModelSpec`).
+    clip_model : str
+        ``open_clip:NAME[@PRETRAINED]`` (:func:`neuromem.networks.load_clip`).
     classes : mapping of str to sequence of str
         Class name → prompts.
+    seed : int
+        Seed of random weights (a spec without ``@PRETRAINED``).
     """
 
     clip_frames = 0
     schema = pa.schema([pa.field("label", pa.string()), pa.field("probability", pa.float32())])
 
-    def __init__(self, model: dict, classes: Mapping[str, Sequence[str]]) -> None:
-        from neuromem.probes.features import ClipModelSpec, load_clip_model
+    def __init__(self, clip_model: str, classes: Mapping[str, Sequence[str]], seed: int = 0) -> None:
+        from neuromem.networks import load_clip
         from neuromem.runtime.device import resolve_device
 
         self.device = resolve_device("auto")
-        clip, tokenizer = load_clip_model(ClipModelSpec(**model), self.device)
-        self.classifier = ZeroShotClassifier(clip, tokenizer, classes)
+        clip = load_clip(clip_model, seed=seed, device=self.device)
+        self.classifier = ZeroShotClassifier(clip.module, clip.tokenizer, classes)
         self.input_size = self.classifier.input_size
 
     def __call__(self, decoded) -> pa.Table:

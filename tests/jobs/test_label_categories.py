@@ -75,7 +75,7 @@ def test_zero_shot_labels_match_open_clip(table_dir, tmp_path, ray_local):
     out = tmp_path / "labelled"
     code = main([
         "label-categories", str(table_dir["table"]), "--images", str(table_dir["images"]),
-        "--out", str(out), "--model", "tiny", "--pretrained", "", "--classes", CLASSES,
+        "--out", str(out), "--clip-model", "open_clip:tiny", "--classes", CLASSES,
         "--batch-size", "4",
     ])
     assert code == 0
