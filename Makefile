@@ -8,7 +8,7 @@ UPSTREAM := .upstream
 UPSTREAM_PKGS := cognitive-scoring neuraltrain==0.0.2 neuralset==0.0.2 x_transformers==1.27.20 \
 	exca==0.5.25 einops torchmetrics lightning_utilities submitit orjson ujson mne lazy_loader decorator
 
-.PHONY: test demo lint install clean
+.PHONY: test demo lint install clean bench-gpu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ demo: $(VENV)/.installed-demo
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check neuromem pipelines benchmarks tests
+
+# The GPU benchmark suite: builds .devwhl/ (what the GPU machine lacks) for the device tool, which
+# then runs, from the project root: source .devwhl/setup.sh && bash benchmarks/gpu_suite.sh --out $$OUT
+bench-gpu: $(VENV)/.installed-dev
+	bash benchmarks/gpu_wheelhouse.sh
+	@echo "on the GPU machine: source .devwhl/setup.sh && bash benchmarks/gpu_suite.sh --out \$$OUT"
 
 clean:
 	rm -rf $(VENV) $(UPSTREAM) demo_out
