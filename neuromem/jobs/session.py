@@ -63,12 +63,19 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def inside_ray_job() -> bool:
+    """Whether this process is the driver of a ``ray job submit`` job (its runtime env is set)."""
+    # The job supervisor hands its driver the job's config (runtime env included) in this
+    # variable; RAY_JOB_ID is set for drivers started by older Ray versions and by tests.
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or os.environ.get("RAY_JOB_ID"))
+
+
 def _init_kwargs(address: str | None, dashboard: bool, num_cpus: int | None) -> dict:
     kwargs: dict = {"log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         kwargs["address"] = address
-        if not os.environ.get("RAY_JOB_ID"):  # a driver outside `ray job submit`
+        if not inside_ray_job():  # a driver outside `ray job submit` ships this checkout
             kwargs["runtime_env"] = {"working_dir": repo_root(), "excludes": RUNTIME_EXCLUDES}
     else:
         kwargs.update(address="local", include_dashboard=dashboard)

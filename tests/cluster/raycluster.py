@@ -100,7 +100,7 @@ class Node:
         """A process of this node with ``proctitle`` in its command line, or None.
 
         Ray workers set their title to ``ray::<actor or task>``, e.g.
-        ``ray::MapWorker(MapBatches(ScoreActor))``.
+        ``ray::MapWorker(MapBatches(ImageMapActor))``.
         """
         for proc in self.processes():
             try:

@@ -175,7 +175,7 @@ def scored(cluster, tmp_path_factory) -> ScoreRun:
         while actor is None:  # the actor's process, and the worker node it was placed on
             assert job.poll() is None, job.stdout.read()[-6000:]
             assert time.monotonic() < deadline, "no scoring actor started within 300 s"
-            found = [(n, n.find("ScoreActor")) for n in cluster.nodes if n.name != "head"]
+            found = [(n, n.find("ImageMapActor")) for n in cluster.nodes if n.name != "head"]
             host, actor = next(((n, p) for n, p in found if p is not None), (None, None))
             time.sleep(0.05)
         while not any(p.name.startswith("part-") for p in out.glob("*.parquet")):

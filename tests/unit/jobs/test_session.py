@@ -63,11 +63,15 @@ def test_the_cli_prints_one_line_or_the_traceback_with_debug(capsys):
 def test_embedded_ray_has_no_dashboard_and_a_cluster_gets_the_checkout(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_JOB_ID", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     local = _init_kwargs(None, dashboard=False, num_cpus=None)
     assert local["address"] == "local" and local["include_dashboard"] is False
     remote = _init_kwargs("10.0.0.1:6379", dashboard=False, num_cpus=None)
     assert remote["address"] == "10.0.0.1:6379"
     assert remote["runtime_env"]["working_dir"] == os.path.dirname(os.path.dirname(cli.__file__))
     assert ".venv" in remote["runtime_env"]["excludes"]
-    monkeypatch.setenv("RAY_JOB_ID", "01000000")  # inside `ray job submit`: no upload
-    assert "runtime_env" not in _init_kwargs("auto", dashboard=False, num_cpus=None)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a user's shell: joins and uploads
+    assert "runtime_env" in _init_kwargs(None, dashboard=False, num_cpus=None)
+    # inside `ray job submit` the job supervisor gives the driver its runtime env: no upload
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {}}')
+    assert "runtime_env" not in _init_kwargs(None, dashboard=False, num_cpus=None)
