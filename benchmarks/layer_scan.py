@@ -42,7 +42,8 @@ def plain_loop(spec: str, rows, folder: str, *, image_size: int, batch_size: int
 
     from neuromem.data.decode import decode_image
     from neuromem.data.readers import read_bytes
-    from neuromem.representations.layers import LayerExtractor, Pooling, load_model
+    from neuromem.networks import load_model
+    from neuromem.representations.layers import LayerExtractor, Pooling
     from pipelines.layer_scan import features_to_arrow, write_part
 
     start = time.perf_counter()

@@ -127,7 +127,7 @@ def embed_images(spec: str, sources: list[str], *, image_size: int | None = None
 
     from neuromem.data.decode import decode_image
     from neuromem.data.readers import read_bytes
-    from neuromem.representations.layers import load_model
+    from neuromem.networks import load_model
     from neuromem.representations.memnet import strip_classifier
 
     model = load_model(spec, image_size=image_size, seed=seed)

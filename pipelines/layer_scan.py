@@ -276,7 +276,8 @@ class FeatureActor:
                  seed: int, layers: list[dict], out: str) -> None:
         import torch
 
-        from neuromem.representations.layers import LayerExtractor, LayerInfo, Pooling, load_model
+        from neuromem.networks import load_model
+        from neuromem.representations.layers import LayerExtractor, LayerInfo, Pooling
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(spec, image_size=image_size, seed=seed)
@@ -352,12 +353,8 @@ def extract_features(
     import ray
 
     from neuromem.data.readers import load_payloads
-    from neuromem.representations.layers import (
-        LayerExtractor,
-        Pooling,
-        depth_fractions,
-        load_model,
-    )
+    from neuromem.networks import load_model
+    from neuromem.representations.layers import LayerExtractor, Pooling, depth_fractions
 
     start = time.perf_counter()
     model = load_model(spec, image_size=image_size, seed=seed)

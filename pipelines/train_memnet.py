@@ -204,7 +204,7 @@ def train_split(rows: pd.DataFrame, k: str, args: argparse.Namespace, out: Path)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from neuromem.representations.layers import load_model
+    from neuromem.networks import load_model
 
     train, _ = split_rows(rows, k)
     categories = category_names(rows) if args.task != "memorability" else []

@@ -243,10 +243,10 @@ def register_open_clip_config(model_name: str, model_config: dict[str, Any]) -> 
     _REGISTERED_CONFIGS[model_name] = text
 
 
-def build_image_tower(
+def build_clip_model(
     model_name: str, pretrained: str = "", *, seed: int = TINY_SEED
 ) -> tuple[torch.nn.Module, list[Path]]:
-    """Build an open_clip image tower and return it with the local weight files it read.
+    """Build a whole open_clip model (image and text towers) and the local weight files it read.
 
     Parameters
     ----------
@@ -277,7 +277,15 @@ def build_image_tower(
                 f"(open_clip.create_model({model_name!r}, pretrained={pretrained!r}) fills the "
                 "Hugging Face cache) or pass a local weight file as `pretrained`."
             ) from exc
-    return model.visual, [local] if local is not None else []
+    return model, [local] if local is not None else []
+
+
+def build_image_tower(
+    model_name: str, pretrained: str = "", *, seed: int = TINY_SEED
+) -> tuple[torch.nn.Module, list[Path]]:
+    """The image tower of :func:`build_clip_model`'s model, and the weight files it read."""
+    model, files = build_clip_model(model_name, pretrained, seed=seed)
+    return model.visual, files
 
 
 @contextlib.contextmanager

@@ -1,20 +1,7 @@
 """Every layer's output of an image model, pooled to a fixed size (seed 001's layer scans).
 
-Models
-------
-:func:`load_model` builds a model from a spec ``LIBRARY:NAME[@WEIGHTS]``:
-
-- ``timm:resnet18``, ``timm:test_vit`` (any :func:`timm.create_model` name);
-- ``torchvision:resnet18`` (any :func:`torchvision.models.get_model` name);
-- ``open_clip:ViT-B-32`` (the image tower; ``open_clip:tiny`` is neuromem's 3 M-parameter
-  test config);
-- ``memnet:/path/to/checkpoint`` (a network trained by ``neuromem train-memnet``, see
-  :mod:`neuromem.representations.memnet`).
-
-``WEIGHTS`` is empty for seeded random weights, a local weight file (``.pt``/``.pth``/
-``.safetensors`` state dict, or open_clip's checkpoint), or a library tag (timm ``pretrained``,
-a torchvision weights name such as ``IMAGENET1K_V1``, an open_clip tag such as ``openai``);
-tags only work when the weights are already cached, since neuromem never downloads at run time.
+Networks are built by :func:`neuromem.networks.load_model` from a spec
+``LIBRARY:NAME[@WEIGHTS]`` (``timm:resnet18``, ``open_clip:tiny``, ``memnet:/checkpoint`` ...).
 
 Layers
 ------
@@ -51,228 +38,20 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuromem.errors import InputError, MissingWeightsError, UnknownNameError
+from neuromem.errors import InputError
+from neuromem.networks import LoadedModel
 
-LIBRARIES = ("timm", "torchvision", "open_clip", "memnet")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Leaf modules that do nothing in evaluation mode; their "layers" would repeat their input.
 NO_OP_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 #: Name of the model's own output as a layer, when no leaf module returns it (open_clip's
 #: final projection is a parameter, not a module).
 OUTPUT_LAYER = "<output>"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model named ``LIBRARY:NAME[@WEIGHTS]`` (see the module docstring).
-
-    Attributes
-    ----------
-    library : str
-        One of :data:`LIBRARIES`.
-    name : str
-        Model name in that library (a checkpoint folder for ``memnet``).
-    weights : str
-        ``""`` (seeded random weights), a local weight file, or a library tag.
-    """
-
-    library: str
-    name: str
-    weights: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        """Parse ``LIBRARY:NAME[@WEIGHTS]``."""
-        library, sep, rest = text.partition(":")
-        if not sep or library not in LIBRARIES or not rest:
-            raise UnknownNameError(
-                f"model spec {text!r}: expected LIBRARY:NAME[@WEIGHTS] with LIBRARY one of "
-                f"{', '.join(LIBRARIES)} (e.g. timm:resnet18, torchvision:resnet18@/w.pth, "
-                "open_clip:ViT-B-32@openai)"
-            )
-        name, _, weights = rest.partition("@")
-        return cls(library, name, weights)
-
-    def __str__(self) -> str:
-        return f"{self.library}:{self.name}" + (f"@{self.weights}" if self.weights else "")
-
-
-@dataclass
-class LoadedModel:
-    """An image model in evaluation mode and how to feed it.
-
-    Attributes
-    ----------
-    module : nn.Module
-        Takes normalised images ``(B, 3, S, S)``.
-    image_size : int
-        Side ``S`` in pixels of the input it expects.
-    mean, std : tuple of float
-        Per-channel normalisation of images in [0, 1].
-    spec : str
-        The spec it was loaded from.
-    trained : bool
-        False for random weights.
-    """
-
-    module: nn.Module
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    spec: str
-    trained: bool
-
-    def preprocess(self, images_b3hw: torch.Tensor) -> torch.Tensor:
-        """Resize and centre-crop float images in [0, 1] to the model's size and normalise."""
-        from neuromem.encoders.preprocessing import normalise, resize_center_crop
-
-        return normalise(resize_center_crop(images_b3hw, self.image_size), self.mean, self.std)
-
-    def metadata(self) -> dict:
-        """JSON-able description for outputs."""
-        return {"spec": self.spec, "image_size": self.image_size, "trained": self.trained}
-
-
-def load_model(
-    spec: str | ModelSpec, *, image_size: int | None = None, seed: int = 0
-) -> LoadedModel:
-    """Build a model from its spec, in evaluation mode on the CPU.
-
-    Parameters
-    ----------
-    spec : str or ModelSpec
-        ``LIBRARY:NAME[@WEIGHTS]``.
-    image_size : int or None
-        Input side in pixels; None: the model's own (timm's config, 224 for torchvision,
-        the open_clip tower's). Convolutional networks accept any size; ViTs need theirs.
-    seed : int
-        Seed of random weights.
-
-    Raises
-    ------
-    UnknownNameError
-        Unknown library or model name.
-    MissingWeightsError
-        A weights tag whose files are not cached, or a missing weight file.
-    """
-    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
-    if spec.weights and _looks_like_path(spec.weights) and not Path(spec.weights).is_file():
-        raise MissingWeightsError(f"weight file {spec.weights!r} of model {spec} does not exist")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        loaded = _BUILDERS[spec.library](spec, seed)
-    if image_size is not None:
-        loaded.image_size = int(image_size)
-    loaded.module.eval().requires_grad_(False)
-    return loaded
-
-
-def _looks_like_path(weights: str) -> bool:
-    return "/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` file or a torch file (``state_dict`` key unwrapped)."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
-def _build_timm(spec: ModelSpec, seed: int) -> LoadedModel:
-    import timm
-
-    if spec.name not in timm.list_models():
-        raise UnknownNameError(f"timm has no model {spec.name!r} (see timm.list_models())")
-    tag = spec.weights and not _looks_like_path(spec.weights)
-    try:
-        module = timm.create_model(spec.name, pretrained=bool(tag))
-    except (RuntimeError, OSError) as exc:
-        raise MissingWeightsError(
-            f"timm weights of {spec.name!r} are not available offline ({exc}); pass a local file "
-            f"as timm:{spec.name}@/path/weights.safetensors"
-        ) from exc
-    if spec.weights and not tag:
-        module.load_state_dict(read_state_dict(spec.weights))
-    config = module.pretrained_cfg
-    return LoadedModel(
-        module,
-        int(config.get("input_size", (3, 224, 224))[-1]),
-        tuple(config.get("mean", IMAGENET_MEAN)),
-        tuple(config.get("std", IMAGENET_STD)),
-        str(spec),
-        bool(spec.weights),
-    )
-
-
-def _build_torchvision(spec: ModelSpec, seed: int) -> LoadedModel:
-    import torchvision
-
-    if spec.name not in torchvision.models.list_models():
-        raise UnknownNameError(
-            f"torchvision has no model {spec.name!r} (see torchvision.models.list_models())"
-        )
-    tag = spec.weights if spec.weights and not _looks_like_path(spec.weights) else None
-    try:
-        module = torchvision.models.get_model(spec.name, weights=tag)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise MissingWeightsError(
-            f"torchvision weights {tag!r} of {spec.name!r} are not available offline ({exc})"
-        ) from exc
-    if spec.weights and tag is None:
-        module.load_state_dict(read_state_dict(spec.weights))
-    return LoadedModel(module, 224, IMAGENET_MEAN, IMAGENET_STD, str(spec), bool(spec.weights))
-
-
-def _build_open_clip(spec: ModelSpec, seed: int) -> LoadedModel:
-    import open_clip
-
-    from neuromem.encoders.clip_probe import (
-        TINY_MODEL_CONFIG,
-        TINY_MODEL_NAME,
-        build_image_tower,
-        register_open_clip_config,
-    )
-
-    name = spec.name
-    if name == "tiny":
-        register_open_clip_config(TINY_MODEL_NAME, TINY_MODEL_CONFIG)
-        name = TINY_MODEL_NAME
-    elif name not in open_clip.list_models() and not name.startswith("hf-hub:"):
-        raise UnknownNameError(f"open_clip has no model {name!r} (see open_clip.list_models())")
-    visual, _ = build_image_tower(name, spec.weights, seed=seed)
-    size = visual.image_size
-    size = int(size[0] if isinstance(size, tuple | list) else size)
-    mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
-    std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
-    return LoadedModel(visual, size, tuple(mean), tuple(std), str(spec), bool(spec.weights))
-
-
-def _build_memnet(spec: ModelSpec, seed: int) -> LoadedModel:
-    from neuromem.representations.memnet import load_memnet
-
-    net, config = load_memnet(spec.name)
-    return LoadedModel(
-        net, config["image_size"], tuple(config["mean"]), tuple(config["std"]), str(spec), True
-    )
-
-
-_BUILDERS = {
-    "timm": _build_timm,
-    "torchvision": _build_torchvision,
-    "open_clip": _build_open_clip,
-    "memnet": _build_memnet,
-}
 
 
 # ----------------------------------------------------------------------------------------------

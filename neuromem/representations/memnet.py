@@ -1,7 +1,7 @@
 """Networks trained on memorability, on categories, or on both (seed 002).
 
-A :class:`MemNet` is a backbone (any :mod:`neuromem.representations.layers` model with its
-classifier removed) followed by a memorability head (one linear unit, regression) and/or a
+A :class:`MemNet` is a backbone (any :mod:`neuromem.networks` model with its classifier
+removed) followed by a memorability head (one linear unit, regression) and/or a
 category head (linear, classification). The joint objective is
 ``memorability_weight · MSE(memorability) + category_weight · cross-entropy(category)``;
 rows without a category label (``-1``) do not enter the cross-entropy.
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuromem.errors import InputError, MissingWeightsError
+from neuromem.networks import load_model
 
 TASKS = ("memorability", "category", "both")
 CONFIG_FILE = "config.json"
@@ -90,8 +91,6 @@ def build_memnet(
     backbone_spec: str, task: str, n_categories: int, *, image_size: int | None = None, seed: int = 0
 ) -> tuple[MemNet, dict]:
     """A fresh :class:`MemNet` on a backbone spec, and its config (see :func:`save_memnet`)."""
-    from neuromem.representations.layers import load_model
-
     loaded = load_model(backbone_spec, image_size=image_size, seed=seed)
     backbone = strip_classifier(loaded.module)
     with torch.no_grad():
@@ -156,16 +155,28 @@ def save_memnet(folder: str | Path, net: MemNet, config: dict) -> Path:
     return folder
 
 
-def load_memnet(folder: str | Path) -> tuple[MemNet, dict]:
-    """Load a checkpoint folder written by :func:`save_memnet` (evaluation mode, CPU)."""
-    from safetensors.torch import load_file
+def check_checkpoint(folder: str | Path) -> Path:
+    """``folder`` as a Path if it holds a checkpoint written by :func:`save_memnet`.
 
-    folder = Path(folder)
+    Raises
+    ------
+    MissingWeightsError
+        ``config.json`` or ``model.safetensors`` is missing.
+    """
+    folder = Path(folder).expanduser()
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise MissingWeightsError(
             f"{folder} is not a memnet checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
             "(written by `neuromem train-memnet`)"
         )
+    return folder
+
+
+def load_memnet(folder: str | Path) -> tuple[MemNet, dict]:
+    """Load a checkpoint folder written by :func:`save_memnet` (evaluation mode, CPU)."""
+    from safetensors.torch import load_file
+
+    folder = check_checkpoint(folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
     backbone = config["backbone"].split("@")[0]  # trained weights replace the backbone's
     net, _ = build_memnet(

@@ -19,7 +19,8 @@ from neuromem.data.lamem import list_lamem
 from neuromem.data.readers import read_bytes
 from neuromem.data.schema import rows_to_arrow
 from neuromem.data.synthetic import write_lamem
-from neuromem.representations.layers import LayerExtractor, Pooling, load_model
+from neuromem.networks import load_model
+from neuromem.representations.layers import LayerExtractor, Pooling
 from neuromem.representations.readout import memorability_readout, neural_predictivity
 from pipelines.layer_scan import arrow_to_features, features_to_arrow, read_layer, readout_splits
 

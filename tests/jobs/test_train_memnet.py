@@ -17,7 +17,7 @@ from neuromem.data.lamem import list_lamem
 from neuromem.data.readers import read_bytes
 from neuromem.data.synthetic import write_lamem
 from neuromem.errors import InputError
-from neuromem.representations.layers import load_model
+from neuromem.networks import load_model
 from neuromem.representations.memnet import (
     MemNet,
     build_memnet,

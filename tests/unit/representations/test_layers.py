@@ -6,28 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from neuromem.errors import InputError, UnknownNameError
+from neuromem.errors import InputError
+from neuromem.networks import load_model
 from neuromem.representations.cka import linear_cka
 from neuromem.representations.layers import (
     OUTPUT_LAYER,
     LayerExtractor,
-    ModelSpec,
     Pooling,
     depth_fractions,
-    load_model,
     sparse_projection,
 )
-
-
-def test_model_spec_parse_and_errors():
-    spec = ModelSpec.parse("open_clip:ViT-B-32@/w/file.pt")
-    assert (spec.library, spec.name, spec.weights) == ("open_clip", "ViT-B-32", "/w/file.pt")
-    assert str(spec) == "open_clip:ViT-B-32@/w/file.pt"
-    assert ModelSpec.parse("timm:resnet18").weights == ""
-    with pytest.raises(UnknownNameError, match="LIBRARY:NAME"):
-        ModelSpec.parse("keras:resnet")
-    with pytest.raises(UnknownNameError, match="timm has no model"):
-        load_model("timm:no_such_net")
 
 
 def test_spatial_and_token_pooling_match_block_means():
