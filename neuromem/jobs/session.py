@@ -27,6 +27,8 @@ RUNTIME_EXCLUDES = [".venv", ".upstream", ".git", ".devwhl", "demo_out", "**/__p
 
 #: Loggers whose informational lines mean nothing to a neuromem user.
 _NOISY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "ray._private")
+#: Loggers whose warnings only describe settings neuromem chose ("Progress bars disabled").
+_SILENT_LOGGERS = ("ray.data._internal.progress",)
 
 
 def repo_root() -> str:
@@ -47,6 +49,8 @@ def quiet_ray() -> None:
         context.enable_operator_progress_bars = False
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _SILENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _init_kwargs(address: str | None, dashboard: bool, num_cpus: int | None) -> dict:

@@ -13,9 +13,11 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from neuromem.data.batch import DecodedBatch
 from neuromem.encoders.preprocessing import check_images
 from neuromem.errors import InputError, MissingWeightsError
 
@@ -128,3 +130,27 @@ class ResMemAssessor:
 
     def _forward(self, cropped_b3hw: torch.Tensor) -> torch.Tensor:
         return self.model(cropped_b3hw).reshape(-1).float()
+
+
+class ResMemRows:
+    """The image-map engine's model of ResMem: ``memorability_resmem`` per image (native size)."""
+
+    input_size = None  # ResMem resizes the full decoded image itself
+    clip_frames = 0
+    schema = pa.schema([("memorability_resmem", pa.float32())])
+
+    def __init__(self) -> None:
+        from neuromem.runtime.device import resolve_device
+
+        self.device = resolve_device("auto")
+        self.assessor = ResMemAssessor(self.device)
+
+    def __call__(self, decoded: DecodedBatch) -> pa.Table:
+        """ResMem scores of the decoded images (a list of ``(H, W, 3)`` uint8 arrays)."""
+        scores = self.assessor.score_pixels(list(decoded.pixels))
+        return pa.table([pa.array(scores, pa.float32())], schema=self.schema)
+
+
+def build_resmem_rows() -> ResMemRows:
+    """Model recipe of the engine: :class:`ResMemRows`."""
+    return ResMemRows()
