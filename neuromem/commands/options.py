@@ -47,8 +47,7 @@ def add_network(parser: argparse.ArgumentParser, *, repeatable: bool = False,
 
 
 def add_train_workers(parser: argparse.ArgumentParser) -> None:
-    """``--address`` and the Ray Train options ``--workers``, ``--gpus-per-worker``, ``--cpus-per-worker``."""
-    add_cluster(parser, pool=False)
+    """Ray Train resources: ``--workers``, ``--gpus-per-worker``, ``--cpus-per-worker``."""
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     parser.add_argument("--gpus-per-worker", type=float, default=None,
                         help="GPUs per worker (default: 1 if the cluster has GPUs, else 0)")

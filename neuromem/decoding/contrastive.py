@@ -164,12 +164,12 @@ def train_contrastive(
             loss = info_nce(model(signals_n[rows].to(device)), embeddings_nd[rows].to(device),
                             logit_scale)
             if not torch.isfinite(loss):
-                raise InputError(f"the contrastive loss became {float(loss)}; lower --lr")
+                raise InputError(f"the contrastive loss became {loss.item()}; lower --lr")
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             if on_step is not None:
-                on_step(float(loss))
+                on_step(loss.item())
 
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:

@@ -47,7 +47,13 @@ class Signals:
 
     def keep(self, image_ids: set[str]) -> Signals:
         """The presentations of ``image_ids`` only."""
-        mask = np.isin(self.image_ids, sorted(image_ids))
+        return self._rows(np.isin(self.image_ids, sorted(image_ids)))
+
+    def of_subject(self, subject: str) -> Signals:
+        """The presentations to one subject."""
+        return self._rows(self.subjects == subject)
+
+    def _rows(self, mask: np.ndarray) -> Signals:
         return Signals(self.values[mask], self.image_ids[mask], self.subjects[mask])
 
 

@@ -176,10 +176,10 @@ def _fit_with_bar(trainer, relay, total: int | None, desc: str, unit: str):
             while True:
                 stop = finished.wait(0.5)
                 done, postfix = ray.get(relay.read.remote())
-                bar.update(done - shown)
-                shown = done
-                if postfix:
+                if done > shown:
                     bar.set_postfix(postfix, refresh=False)
+                    bar.update(done - shown)
+                    shown = done
                 if stop:
                     return
 

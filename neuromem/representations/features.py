@@ -53,16 +53,16 @@ def discover(spec: str, *, image_size: int | None, pooling: Pooling,
     Returns
     -------
     list of dict
-        :meth:`LayerInfo.to_dict` of every layer plus its ``depth_fraction``, in execution
-        order.
+        :meth:`LayerInfo.to_dict` of every layer (``shape`` as a list, as JSON keeps it) plus
+        its ``depth_fraction``, in execution order.
     """
     model = load_model(spec, image_size=image_size, seed=pooling.seed)
     extractor = LayerExtractor(model, pooling, include=include)
     layers = [layer.to_dict() for layer in extractor.layers]
     extractor.remove()
     fractions = depth_fractions(len(layers))
-    return [{**layer, "depth_fraction": float(f)} for layer, f in zip(layers, fractions,
-                                                                       strict=True)]
+    return [{**layer, "shape": list(layer["shape"]), "depth_fraction": float(f)}
+            for layer, f in zip(layers, fractions, strict=True)]
 
 
 def write_manifest(folder: str, settings: dict[str, Any], layers: list[dict[str, Any]]) -> None:

@@ -130,12 +130,12 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor
                            batch[CATEGORY], memorability_weight=memorability_weight,
                            category_weight=category_weight)
         if not torch.isfinite(loss):
-            raise InputError(f"the training loss became {float(loss)}; lower --lr")
+            raise InputError(f"the training loss became {loss.item()}; lower --lr")
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        total += float(loss) * len(images_b3hw)
+        total += loss.item() * len(images_b3hw)
         count += len(images_b3hw)
         if on_step is not None:
-            on_step(float(loss))
+            on_step(loss.item())
     return total / max(count, 1)
