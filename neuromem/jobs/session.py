@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,9 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in _SILENT_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # harmless: a fixed pool larger than the block count of a short input
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors",
+                            category=UserWarning)
 
 
 def _init_kwargs(address: str | None, dashboard: bool, num_cpus: int | None) -> dict:
