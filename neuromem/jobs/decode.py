@@ -157,6 +157,7 @@ class DecodeSummary:
     n_test: int
     errors: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    timing: str = ""
 
     def format(self) -> str:
         """Human-readable summary lines."""
@@ -167,8 +168,7 @@ class DecodeSummary:
             lines.append(f"{self.errors} images could not be embedded and were left out; "
                          f"errors: {join_uri(self.out, ERRORS_DIR)}")
         lines.append(f"wrote {join_uri(self.out, 'retrieval.parquet')}")
-        lines.append("where the time went: " + ", ".join(
-            f"{name} {value:.1f} s" for name, value in self.seconds.items()))
+        lines.append(self.timing)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -327,7 +327,7 @@ def run_decode(config: DecodeConfig, argv: list[str] | None = None) -> DecodeSum
     write_parquet(join_uri(config.out, "retrieval.parquet"),
                   pa.Table.from_pandas(table, preserve_index=False))
     summary = DecodeSummary(config.out, table.to_dict("records"), len(test_ids), n_failed,
-                            timer.seconds)
+                            timer.to_dict(), timer.format())
     write_json(join_uri(config.out, RUN_RECORD), {
         SETTINGS_KEY: config.run_settings(), "config": config.to_dict(), "test_ids": test_ids,
         "command": command_line(argv), "finished": utc_now(), "versions": versions(("ray",)),

@@ -52,8 +52,13 @@ from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import StageTimer, progress_bar
 from neuromem.runtime.provenance import command_line, utc_now, versions
 from neuromem.runtime.storage import ERRORS_DIR, PartWriter, join_uri, write_bytes, write_json
-from neuromem.scoring.output import RUN_RECORD, SETTINGS_KEY, prepare_output, prepare_run
-from neuromem.scoring.table import write_metadata
+from neuromem.scoring.output import (
+    RUN_RECORD,
+    SETTINGS_KEY,
+    MetadataStamp,
+    prepare_output,
+    prepare_run,
+)
 
 #: Fewest images with brain responses and features for an analysis.
 MIN_IMAGES = 10
@@ -217,6 +222,7 @@ class LayersSummary:
     extractions: list[ExtractionSummary]
     outputs: list[str]
     seconds: dict[str, float]
+    timing: str = ""
 
     def format(self) -> str:
         """Human-readable summary lines."""
@@ -230,8 +236,7 @@ class LayersSummary:
             if e.errors_total:
                 lines.append(f"    errors: {join_uri(e.folder, ERRORS_DIR)}")
         lines += [f"wrote {path}" for path in self.outputs]
-        lines.append("where the time went: " + ", ".join(
-            f"{name} {value:.1f} s" for name, value in self.seconds.items()))
+        lines.append(self.timing)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,16 +281,6 @@ def prepare(config: LayersConfig) -> _Prepared:
     return _Prepared(rows, brain, folders, figure_roi)
 
 
-class _FeatureStamp:
-    """Adds a feature folder's settings to the metadata of each part."""
-
-    def __init__(self, metadata: dict[str, Any]) -> None:
-        self.metadata = metadata
-
-    def __call__(self, model) -> Any:
-        return lambda table: write_metadata(table, self.metadata)
-
-
 def extract(config: LayersConfig, spec: str, folder: str, rows: pd.DataFrame,
             argv: list[str] | None) -> tuple[list[dict[str, Any]], ExtractionSummary]:
     """Discover the layers of one network and extract them for ``rows`` (parts mode, resumes)."""
@@ -303,7 +298,7 @@ def extract(config: LayersConfig, spec: str, folder: str, rows: pd.DataFrame,
             "spec": spec, "image_size": config.image_size, "grid": config.grid,
             "max_features": config.max_features, "seed": config.seed, "layers": layers}),
         pool=config.pool,
-        parts=PartsOutput(folder, metadata=_FeatureStamp(metadata)),
+        parts=PartsOutput(folder, metadata=MetadataStamp(metadata)),
         decode_size=(config.image_size, 0) if config.decode == "tasks" else None,
         progress=not config.no_progress,
         desc=f"extracting {spec}",
@@ -400,7 +395,8 @@ def run_layers(config: LayersConfig, argv: list[str] | None = None) -> LayersSum
     outputs = _write_outputs(config, table, compare, prepared.figure_roi,
                              targets.memorability is not None)
     summary = LayersSummary(config.out, len(config.network), len(table), len(kept),
-                            targets.brain.n_targets, extractions, outputs, timer.seconds)
+                            targets.brain.n_targets, extractions, outputs, timer.to_dict(),
+                            timer.format())
     write_json(join_uri(config.out, RUN_RECORD), {
         SETTINGS_KEY: config.run_settings(), "config": config.to_dict(),
         "conventions": {"cka": config.cka, "predictivity": NORMALISATION},

@@ -49,8 +49,13 @@ from neuromem.runtime.storage import (
     write_json,
     write_parquet,
 )
-from neuromem.scoring.output import RUN_RECORD, SETTINGS_KEY, prepare_output, prepare_run
-from neuromem.scoring.table import write_metadata
+from neuromem.scoring.output import (
+    RUN_RECORD,
+    SETTINGS_KEY,
+    MetadataStamp,
+    prepare_output,
+    prepare_run,
+)
 
 #: Files and folders of a run (replaced by ``--overwrite``).
 OUTPUTS = ("pixels", *(f"split_{k}" for k in SPLIT_NUMBERS), "assess.parquet", "assess.json",
@@ -176,6 +181,7 @@ class TrainMemnetSummary:
     pixel_errors: int = 0
     assess_errors: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    timing: str = ""
 
     def format(self) -> str:
         """Human-readable summary lines."""
@@ -193,8 +199,7 @@ class TrainMemnetSummary:
             lines.append(f"{self.assess_errors} test images failed; errors: "
                          f"{join_uri(self.out, ERRORS_DIR)}")
         lines.append(f"wrote {join_uri(self.out, 'assess.parquet')}")
-        lines.append("where the time went: " + ", ".join(
-            f"{name} {value:.1f} s" for name, value in self.seconds.items()))
+        lines.append(self.timing)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,14 +264,6 @@ def prepare(config: TrainMemnetConfig) -> _Prepared:
     errors = PartWriter(config.out)
     errors.delete_parts(errors=True)  # this run's assessment writes them afresh
     return _Prepared(rows, categories, image_size, pixels, errors)
-
-
-class _PixelStamp:
-    def __init__(self, metadata: dict[str, Any]) -> None:
-        self.metadata = metadata
-
-    def __call__(self, model) -> Any:
-        return lambda table: write_metadata(table, self.metadata)
 
 
 def memnet_loop(config: dict[str, Any]) -> None:
@@ -384,7 +381,7 @@ def run_train_memnet(config: TrainMemnetConfig,
             map_images(prepared.rows[[*BASE_COLUMNS, SPLITS]],
                        ModelRecipe(build_pixel_model, {"size": prepared.image_size}),
                        pool=config.pool(0.0, math.ceil(len(prepared.rows) / PIXEL_ROWS_PER_PART)),
-                       parts=PartsOutput(prepared.pixels.location, metadata=_PixelStamp(metadata),
+                       parts=PartsOutput(prepared.pixels.location, metadata=MetadataStamp(metadata),
                                          rows_per_part=PIXEL_ROWS_PER_PART),
                        progress=not config.no_progress, desc="decoding")
             failed = prepared.pixels.written_keys(errors=True) - prepared.pixels.written_keys()
@@ -423,7 +420,7 @@ def run_train_memnet(config: TrainMemnetConfig,
     means = table.groupby("assessor", sort=False)["rho"].agg(["mean", "std", "count"])
     write_json(join_uri(config.out, "assess.json"), means.reset_index().to_dict("records"))
     summary.assess = records
-    summary.seconds = timer.seconds
+    summary.seconds, summary.timing = timer.to_dict(), timer.format()
     write_json(join_uri(config.out, RUN_RECORD), {
         SETTINGS_KEY: config.run_settings(), "config": config.to_dict(),
         "image_size": prepared.image_size, "categories": prepared.categories,

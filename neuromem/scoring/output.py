@@ -70,6 +70,22 @@ def existing_settings(writer: PartWriter) -> dict[str, Any] | None:
     return found
 
 
+class MetadataStamp:
+    """``PartsOutput.metadata`` of a job whose parts all carry the same metadata.
+
+    Calling it with the built model gives the function that stores ``metadata`` (with the
+    settings under :data:`SETTINGS_KEY`) in a part's schema.
+    """
+
+    def __init__(self, metadata: Mapping[str, Any]) -> None:
+        self.metadata = dict(metadata)
+
+    def __call__(self, model: Any):
+        from neuromem.scoring.table import write_metadata
+
+        return lambda table: write_metadata(table, self.metadata)
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``name: old → new`` for every setting that differs."""
     names = sorted(set(old) | set(new))
