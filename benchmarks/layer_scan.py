@@ -1,16 +1,21 @@
-"""Layer extraction: the Ray Data actor job of ``neuromem layers`` vs a plain PyTorch loop.
+"""Layer extraction: the image-map engine (``neuromem layers``' extraction) vs a plain PyTorch loop.
 
-Both extract every layer of one model (default: torchvision ``densenet121`` with random
-weights: 366 layers) for the same LaMem-layout JPEGs, pool them the same way
-(:class:`neuromem.representations.layers.Pooling`) and write the same Parquet parts (one
-``fixed_size_binary`` column per layer). Reported per run size:
+Both extract every layer of one network (default: torchvision ``densenet121`` with random
+weights: 366 layers) for the same LaMem-layout JPEGs: the same payload reading and decoding
+(:func:`neuromem.data.readers.load_payloads`, :func:`neuromem.data.batch.decode_rows`), the same
+:class:`neuromem.representations.features.LayerFeatureModel` (hooks pooling every layer) and the
+same Parquet parts (:class:`neuromem.runtime.storage.PartWriter`, one raw column per layer).
+Ray is started once, before the first run size. Reported per run size:
 
-- throughput in layers × images per second, end to end (the Ray side includes cluster start,
-  actor start and model build; the loop includes model build);
-- ratio = Ray throughput / loop throughput;
-- peak resident memory (``ru_maxrss``) of the process doing the extraction (the actor for
-  Ray, this process for the loop), at two image counts: equal peaks show that memory is
-  bounded by the batch, not by the number of images × layers.
+- end-to-end throughput in layers × images per second and its ratio engine / loop (the engine's
+  wall time includes the layer discovery, actor start and model build; the loop's its model
+  build);
+- steady-state throughput from the batch times (:func:`neuromem.runtime.throughput.steady_state`
+  of the actors' :attr:`MapResult.batches`, and of the loop's batches), its ratio, and how many
+  batches the steady interval holds (no figure under 5);
+- peak resident memory of the actor processes (sampled every 0.2 s) and of this process for the
+  loop, at two image counts: equal peaks show that memory is bounded by the batch, not by the
+  number of images × layers.
 
 Example::
 
@@ -26,6 +31,7 @@ import platform
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,36 +41,93 @@ sys.path.insert(0, str(REPO))
 
 def plain_loop(spec: str, rows, folder: str, *, image_size: int, batch_size: int,
                max_features: int) -> dict:
-    """Extract in this process: decode, forward with hooks, write one part per batch."""
-    import numpy as np
-    import pyarrow as pa
-    import torch
-
-    from neuromem.data.decode import decode_image
-    from neuromem.data.readers import read_bytes
-    from neuromem.networks import load_model
-    from neuromem.representations.layers import LayerExtractor, Pooling
-    from pipelines.layer_scan import features_to_arrow, write_part
+    """Extract in this process: read, decode, forward with hooks, write one part per batch."""
+    from neuromem.data.batch import decode_rows
+    from neuromem.data.readers import load_payloads
+    from neuromem.data.schema import rows_to_arrow
+    from neuromem.representations.features import LayerFeatureModel, discover
+    from neuromem.representations.layers import Pooling
+    from neuromem.runtime.storage import PartWriter
+    from neuromem.runtime.throughput import BatchTime, steady_state
 
     start = time.perf_counter()
-    os.makedirs(folder, exist_ok=True)
-    model = load_model(spec, image_size=image_size)
-    extractor = LayerExtractor(model, Pooling(2, max_features, 0))
-    for i in range(0, len(rows), batch_size):
-        part = rows.iloc[i:i + batch_size]
-        pixels = np.stack([decode_image(read_bytes(s), size=image_size) for s in part["source"]])
-        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
-        columns = {"image_id": pa.array(part["image_id"].tolist())}
-        for name, values in extractor(images).items():
-            columns[name] = features_to_arrow(values.numpy())
-        write_part(pa.table(columns), folder)
-    return {"wall_s": time.perf_counter() - start, "layers": len(extractor.layers),
+    pooling = Pooling(2, max_features, 0)
+    layers = discover(spec, image_size=image_size, pooling=pooling, include=None)
+    model = LayerFeatureModel(spec, image_size, 2, max_features, 0, layers)
+    writer = PartWriter(folder)
+    writer.prepare()
+    table = rows_to_arrow(rows)
+    batches = []
+    for first in range(0, table.num_rows, batch_size):
+        began = time.time()
+        decoded = decode_rows(load_payloads(table.slice(first, batch_size)), model.input_size, 0)
+        out = model(decoded)
+        for name in out.column_names:
+            decoded.rows = decoded.rows.append_column(name, out.column(name))
+        writer.write(decoded.rows)
+        batches.append(BatchTime("loop", began, time.time(), decoded.rows.num_rows, {}))
+    return {"wall_s": time.perf_counter() - start, "layers": len(layers),
+            "steady": steady_state(batches).to_dict(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+class ActorMemory:
+    """Peak resident memory of this machine's Ray worker processes, sampled in a thread."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.interval_s):
+            for process in psutil.process_iter(["name", "cmdline"]):
+                try:
+                    command = " ".join(process.info["cmdline"] or [])
+                    if "ray::" in command or "ray::" in (process.info["name"] or ""):
+                        rss = process.memory_info().rss / 2**20
+                        self.peak_mb = max(self.peak_mb, rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+
+    def __enter__(self) -> ActorMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def engine_run(spec: str, rows, folder: str, *, image_size: int, batch_size: int,
+               max_features: int) -> dict:
+    """Extract with the image-map engine in parts mode, as ``neuromem layers`` does."""
+    from neuromem.jobs.image_map import ModelRecipe, PartsOutput, PoolOptions, map_images
+    from neuromem.representations.features import build_layer_features, discover
+    from neuromem.representations.layers import Pooling
+
+    start = time.perf_counter()
+    layers = discover(spec, image_size=image_size, pooling=Pooling(2, max_features, 0),
+                      include=None)
+    recipe = ModelRecipe(build_layer_features, {
+        "spec": spec, "image_size": image_size, "grid": 2, "max_features": max_features,
+        "seed": 0, "layers": layers})
+    with ActorMemory() as memory:
+        result = map_images(rows, recipe,
+                            pool=PoolOptions(actors=1, batch_size=batch_size,
+                                             torch_threads=os.cpu_count() or 1),
+                            parts=PartsOutput(folder, rows_per_part=batch_size), progress=False)
+    return {"wall_s": time.perf_counter() - start, "layers": len(layers),
+            "first_result_s": result.first_result_s, "steady": result.steady.to_dict(),
+            "actor_peak_rss_mb": memory.peak_mb, "errors": result.n_errors}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="torchvision:densenet121")
+    parser.add_argument("--network", default="torchvision:densenet121")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256],
                         help="image counts (default: 64 256)")
     parser.add_argument("--image-size", type=int, default=64)
@@ -77,53 +140,56 @@ def main() -> int:
     import torch
 
     from neuromem.data.lamem import list_lamem
+    from neuromem.data.schema import BASE_COLUMNS
     from neuromem.data.synthetic import write_lamem
-    from pipelines.layer_scan import extract_features
+    from neuromem.jobs.session import ray_session
 
+    settings = {"image_size": args.image_size, "batch_size": args.batch_size,
+                "max_features": args.max_features}
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ray_session():
         write_lamem(Path(tmp, "lamem"), n_images=max(args.sizes), image_size=96)
-        all_rows = list_lamem(Path(tmp, "lamem"))
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        try:
-            for n in args.sizes:
-                rows = all_rows.iloc[:n]
-                start = time.perf_counter()
-                summary = extract_features(
-                    args.model, rows, str(Path(tmp, f"ray_{n}")), image_size=args.image_size,
-                    max_features=args.max_features, batch_size=args.batch_size,
-                )
-                ray_wall = time.perf_counter() - start
-                loop = plain_loop(args.model, rows, str(Path(tmp, f"loop_{n}")),
-                                  image_size=args.image_size, batch_size=args.batch_size,
-                                  max_features=args.max_features)
-                ray_rate = summary.layers * n / ray_wall
-                loop_rate = loop["layers"] * n / loop["wall_s"]
-                out_mb = sum(p.stat().st_size for p in Path(tmp, f"ray_{n}").glob("*.parquet")) / 2**20
-                results.append({
-                    "images": n, "layers": summary.layers,
-                    "ray_wall_s": round(ray_wall, 2),
-                    "ray_actor_busy_s": round(summary.actor_seconds, 2),
-                    "ray_layer_images_per_s": round(ray_rate, 1),
-                    "loop_wall_s": round(loop["wall_s"], 2),
-                    "loop_layer_images_per_s": round(loop_rate, 1),
-                    "ratio_ray_over_loop": round(ray_rate / loop_rate, 3),
-                    "ray_actor_peak_rss_mb": round(summary.actor_peak_rss_mb, 1),
-                    "loop_process_peak_rss_mb": round(loop["peak_rss_mb"], 1),
-                    "features_on_disk_mb": round(out_mb, 1),
-                })
-                print(json.dumps(results[-1]))
-        finally:
-            ray.shutdown()
+        all_rows = list_lamem(Path(tmp, "lamem"))[list(BASE_COLUMNS)]
+        for n in args.sizes:
+            rows = all_rows.iloc[:n]
+            engine = engine_run(args.network, rows, str(Path(tmp, f"engine_{n}")), **settings)
+            loop = plain_loop(args.network, rows, str(Path(tmp, f"loop_{n}")), **settings)
+            engine_rate = engine["layers"] * n / engine["wall_s"]
+            loop_rate = loop["layers"] * n / loop["wall_s"]
+            steady_engine = engine["steady"]["rows_per_s"]
+            steady_loop = loop["steady"]["rows_per_s"]
+            out_mb = sum(p.stat().st_size
+                         for p in Path(tmp, f"engine_{n}").glob("*.parquet")) / 2**20
+            results.append({
+                "images": n, "layers": engine["layers"],
+                "engine_wall_s": round(engine["wall_s"], 2),
+                "engine_first_result_s": round(engine["first_result_s"] or 0.0, 2),
+                "engine_layer_images_per_s": round(engine_rate, 1),
+                "loop_wall_s": round(loop["wall_s"], 2),
+                "loop_layer_images_per_s": round(loop_rate, 1),
+                "ratio_end_to_end": round(engine_rate / loop_rate, 3),
+                "engine_steady_images_per_s": steady_engine and round(steady_engine, 2),
+                "loop_steady_images_per_s": steady_loop and round(steady_loop, 2),
+                "ratio_steady": (round(steady_engine / steady_loop, 3)
+                                 if steady_engine and steady_loop else None),
+                "engine_steady_batches": engine["steady"]["n_batches"],
+                "loop_steady_batches": loop["steady"]["n_batches"],
+                "engine_actor_peak_rss_mb": round(engine["actor_peak_rss_mb"], 1),
+                "loop_process_peak_rss_mb": round(loop["peak_rss_mb"], 1),
+                "features_on_disk_mb": round(out_mb, 1),
+            })
+            print(json.dumps(results[-1]))
     record = {
-        "benchmark": "layer_scan", "model": args.model, "image_size": args.image_size,
-        "batch_size": args.batch_size, "max_features": args.max_features,
+        "benchmark": "layer_scan", "network": args.network, **settings,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "cuda": torch.cuda.is_available(),
                     "load_average_1min": round(os.getloadavg()[0], 1)},
         "versions": {"torch": torch.__version__, "ray": ray.__version__},
-        "notes": "loop peak RSS is this process's (it also ran the driver side); the actor's is "
-                 "its own process. Ray wall includes actor start and model build.",
+        "notes": "Ray started once before the runs. Engine wall time includes layer discovery, "
+                 "actor start and model build; the loop's includes its model build. Steady "
+                 "figures need at least 5 batches inside the interval where every worker is "
+                 "busy (None otherwise). The loop's peak RSS is this process's (it also ran the "
+                 "driver side); the engine's is the largest Ray worker process's, sampled.",
         "results": results,
     }
     if args.save:

@@ -22,6 +22,38 @@ def add_encoder(parser: argparse.ArgumentParser, *, required: bool = True,
              "or the untrained test models tribev2:tiny, clip-probe:tiny")
 
 
+NETWORK_HELP = ("LIBRARY:NAME[@WEIGHTS]: timm:resnet50, torchvision:densenet121@IMAGENET1K_V1, "
+                "open_clip:ViT-B-32@openai, memnet:/checkpoint, or the test network "
+                "open_clip:tiny; WEIGHTS is a local file, a cached library tag, or empty for "
+                "seeded random weights")
+
+
+def add_network(parser: argparse.ArgumentParser, *, repeatable: bool = False,
+                default: str | None = None, what: str = "image network",
+                old_names: tuple[str, ...] = ()) -> None:
+    """``--network SPEC``: an image network (see :mod:`neuromem.networks`).
+
+    Without a default the option is required; the job's config checks it (so that
+    ``old_names``, earlier spellings accepted and hidden from the help, count too).
+    """
+    kwargs = {"action": "append"} if repeatable else {"default": default}
+    needed = " (required)" if default is None else ""
+    parser.add_argument("--network", dest="network", metavar="SPEC",
+                        help=f"{what}{', repeatable' if repeatable else ''}{needed}: "
+                             f"{NETWORK_HELP}", **kwargs)
+    for name in old_names:
+        parser.add_argument(name, dest="network", metavar="SPEC", help=argparse.SUPPRESS,
+                            **kwargs)
+
+
+def add_train_workers(parser: argparse.ArgumentParser) -> None:
+    """Ray Train resources: ``--workers``, ``--gpus-per-worker``, ``--cpus-per-worker``."""
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None,
+                        help="GPUs per worker (default: 1 if the cluster has GPUs, else 0)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
+
+
 def add_rois(parser: argparse.ArgumentParser) -> None:
     """``--rois SET``."""
     parser.add_argument("--rois", default="default", metavar="SET",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from neuromem.data.schema import IMAGE_ID, MEMORABILITY, SOURCE, SPLIT, finalize_rows
@@ -17,6 +19,10 @@ from neuromem.errors import InputError
 from neuromem.runtime.storage import join_uri, list_files, read_text
 
 DATASET = "lamem"
+#: Column listing, per image, every split file that lists it (``"test_1,train_2,val_3"``).
+SPLITS = "splits"
+#: LaMem's split numbers.
+SPLIT_NUMBERS = ("1", "2", "3", "4", "5")
 _SPLIT_FILE = re.compile(r"^((?:train|val|test)_\d+)\.txt$")
 
 
@@ -93,3 +99,76 @@ def _read_split(uri: str, name: str) -> pd.DataFrame:
                 f"{uri} line {number}: expected '<image name> <score>', got {line!r}"
             ) from None
     return pd.DataFrame({IMAGE_ID: ids, MEMORABILITY: scores, "file": name})
+
+
+def split_members(memberships_n: Sequence[str | None]) -> dict[str, np.ndarray]:
+    """Rows of each split file, from each row's memberships.
+
+    Parameters
+    ----------
+    memberships_n : sequence of str or None, length N
+        Per row, the comma-separated split files listing the image (the :data:`SPLITS` column
+        of :func:`list_lamem`, e.g. ``"test_1,train_2,val_3"``); None or ``""`` for none.
+
+    Returns
+    -------
+    dict
+        Split file stem (``"train_1"``) → sorted int64 row indices.
+    """
+    members: dict[str, list[int]] = {}
+    for row, text in enumerate(memberships_n):
+        for name in (text or "").split(","):
+            if name:
+                members.setdefault(name.strip(), []).append(row)
+    return {name: np.asarray(rows, dtype=np.int64) for name, rows in members.items()}
+
+
+def split_indices(memberships_n: Sequence[str | None], *,
+                  part: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """LaMem's train/held-out splits as row indices.
+
+    Parameters
+    ----------
+    memberships_n : sequence of str or None, length N
+        See :func:`split_members`.
+    part : {"test", "val"}
+        Which held-out part is the second index array.
+
+    Returns
+    -------
+    dict
+        ``"{part}_k"`` → (rows of ``train_k``, rows of ``{part}_k``) for every ``k`` that has
+        both, sorted by ``k``.
+    """
+    members = split_members(memberships_n)
+    splits = {}
+    for name in sorted(members, key=lambda n: (n.partition("_")[2], n)):
+        kind, _, k = name.partition("_")
+        if kind == part and f"train_{k}" in members:
+            splits[name] = (members[f"train_{k}"], members[name])
+    return splits
+
+
+def split_rows(rows: pd.DataFrame, k: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``train_k`` and ``test_k`` rows of a listing with a :data:`SPLITS` column.
+
+    Raises
+    ------
+    InputError
+        When the rows have no :data:`SPLITS` column, or no ``train_k``/``test_k`` rows.
+    """
+    if SPLITS not in rows or rows[SPLITS].isna().all():
+        raise InputError(f"LaMem split {k}: the rows have no {SPLITS!r} column (list them with "
+                         "list_lamem, or give the LaMem folder)")
+    splits = split_indices(rows[SPLITS].tolist())
+    if f"test_{k}" not in splits:
+        raise InputError(f"LaMem split {k}: no train_{k}/test_{k} rows in the table "
+                         f"(splits found: {', '.join(splits) or 'none'})")
+    train, test = splits[f"test_{k}"]
+    return rows.iloc[train].reset_index(drop=True), rows.iloc[test].reset_index(drop=True)
+
+
+def attach_splits(rows: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
+    """``rows`` with the :data:`SPLITS` column of the LaMem folder ``root`` (by ``image_id``)."""
+    memberships = list_lamem(root).set_index(IMAGE_ID)[SPLITS]
+    return rows.assign(**{SPLITS: rows[IMAGE_ID].astype(str).map(memberships)})

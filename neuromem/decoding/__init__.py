@@ -1,1 +1,1 @@
-"""Brain-to-image decoding: contrastive brain encoders and retrieval metrics (seed 003)."""
+"""Brain-to-image decoding: contrastive brain encoders and retrieval metrics."""

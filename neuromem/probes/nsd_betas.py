@@ -197,12 +197,15 @@ def read_subject(
     return nsd_ids_m, betas_mv, n_reps_m
 
 
-def noise_ceiling(ncsnr_v: np.ndarray, n_reps_m: np.ndarray) -> np.ndarray:
+def noise_ceiling(
+    ncsnr_v: np.ndarray, n_reps_m: np.ndarray, rows: np.ndarray | None = None
+) -> np.ndarray:
     """NSD noise ceiling, in percent of variance, for responses averaged over repetitions.
 
     ``NC = 100 · ncsnr² / (ncsnr² + mean(1 / n))``, the NSD data manual's formula where images
     are averaged over different numbers of trials ``n`` (it reduces to ``1/n`` when all are
-    equal).
+    equal). The mean runs over the images a score is computed on: give the held-out rows, since
+    a model is scored on them and their repetition counts may differ from the training rows'.
 
     Parameters
     ----------
@@ -210,6 +213,9 @@ def noise_ceiling(ncsnr_v: np.ndarray, n_reps_m: np.ndarray) -> np.ndarray:
         Noise-ceiling SNR per vertex, shape ``(V,)``.
     n_reps_m : numpy.ndarray
         Trials averaged per image, shape ``(M,)``, all ≥ 1.
+    rows : numpy.ndarray or None
+        Indices or boolean mask (length ``M``) of the images the score is computed on (the
+        test rows); None: all ``M``.
 
     Returns
     -------
@@ -217,6 +223,8 @@ def noise_ceiling(ncsnr_v: np.ndarray, n_reps_m: np.ndarray) -> np.ndarray:
         ``(V,)`` float64 in [0, 100].
     """
     n_reps_m = np.asarray(n_reps_m, dtype=np.float64)
+    if rows is not None:
+        n_reps_m = n_reps_m[np.asarray(rows)]
     if n_reps_m.size == 0 or np.any(n_reps_m < 1):
         raise InputError("every image must be averaged over at least one trial")
     signal_v = np.asarray(ncsnr_v, dtype=np.float64) ** 2

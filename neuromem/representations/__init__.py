@@ -1,1 +1,1 @@
-"""Representation comparisons: layer-wise PLS read-outs, neural predictivity and CKA (seeds 001-002)."""
+"""Representation comparisons: layer-wise PLS read-outs, neural predictivity and CKA."""

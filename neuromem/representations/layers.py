@@ -1,4 +1,4 @@
-"""Every layer's output of an image model, pooled to a fixed size (seed 001's layer scans).
+"""Every layer's output of an image model, pooled to a fixed size (layer scans).
 
 Networks are built by :func:`neuromem.networks.load_model` from a spec
 ``LIBRARY:NAME[@WEIGHTS]`` (``timm:resnet18``, ``open_clip:tiny``, ``memnet:/checkpoint`` ...).
@@ -10,8 +10,8 @@ in the order the forward pass runs them; modules that are no-ops in evaluation m
 (``Identity``, ``Dropout``) are left out. A leaf called several times in one forward pass
 (torchvision's ResNet blocks reuse one ``ReLU``) gives one layer per call, named
 ``module#k`` for the k-th call after the first. The model's own output is the last layer,
-``<output>``, unless it is the output of its last leaf (a classifier). :func:`discover_layers` finds them with one
-forward pass of a dummy batch.
+``<output>``, unless it is the output of its last leaf (a classifier).
+:meth:`LayerExtractor.discover` finds them with one forward pass of a dummy batch.
 
 Pooling (:class:`Pooling`)
 --------------------------

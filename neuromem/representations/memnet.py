@@ -1,4 +1,4 @@
-"""Networks trained on memorability, on categories, or on both (seed 002).
+"""Networks trained on memorability, on categories, or on both.
 
 A :class:`MemNet` is a backbone (any :mod:`neuromem.networks` model with its classifier
 removed) followed by a memorability head (one linear unit, regression) and/or a
@@ -6,21 +6,31 @@ category head (linear, classification). The joint objective is
 ``memorability_weight · MSE(memorability) + category_weight · cross-entropy(category)``;
 rows without a category label (``-1``) do not enter the cross-entropy.
 
-A checkpoint is a folder with ``model.safetensors`` (the state dict) and ``config.json``
-(backbone spec, task, categories, input size and normalisation, training settings, metrics).
+A checkpoint is a folder (local path or URI) with ``model.safetensors`` (the state dict) and
+``config.json`` (backbone spec, task, categories, input size and normalisation, training
+settings, metrics). :class:`MemorabilityModel` runs a checkpoint on the image-map engine.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuromem.data.batch import DecodedBatch, to_float_pixels
 from neuromem.errors import InputError, MissingWeightsError
-from neuromem.networks import load_model
+from neuromem.networks import ModelSpec, load_model
+from neuromem.runtime.storage import (
+    exists,
+    join_uri,
+    read_bytes,
+    read_json,
+    write_bytes,
+    write_json,
+)
 
 TASKS = ("memorability", "category", "both")
 CONFIG_FILE = "config.json"
@@ -143,28 +153,33 @@ def memnet_loss(
     return loss
 
 
-def save_memnet(folder: str | Path, net: MemNet, config: dict) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``folder``; return the folder."""
-    from safetensors.torch import save_file
+def save_memnet(folder: str | os.PathLike, net: MemNet, config: dict) -> str:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (local path or URI).
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    Returns
+    -------
+    str
+        The folder.
+    """
+    from safetensors.torch import save
+
+    folder = os.fspath(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    write_bytes(join_uri(folder, WEIGHTS_FILE), save(state))
+    write_json(join_uri(folder, CONFIG_FILE), config)
     return folder
 
 
-def check_checkpoint(folder: str | Path) -> Path:
-    """``folder`` as a Path if it holds a checkpoint written by :func:`save_memnet`.
+def check_checkpoint(folder: str | os.PathLike) -> str:
+    """``folder`` if it holds a checkpoint written by :func:`save_memnet` (local path or URI).
 
     Raises
     ------
     MissingWeightsError
         ``config.json`` or ``model.safetensors`` is missing.
     """
-    folder = Path(folder).expanduser()
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+    folder = os.fspath(folder)
+    if not exists(join_uri(folder, CONFIG_FILE)) or not exists(join_uri(folder, WEIGHTS_FILE)):
         raise MissingWeightsError(
             f"{folder} is not a memnet checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
             "(written by `neuromem train-memnet`)"
@@ -172,15 +187,58 @@ def check_checkpoint(folder: str | Path) -> Path:
     return folder
 
 
-def load_memnet(folder: str | Path) -> tuple[MemNet, dict]:
-    """Load a checkpoint folder written by :func:`save_memnet` (evaluation mode, CPU)."""
-    from safetensors.torch import load_file
+def read_checkpoint_config(folder: str | os.PathLike) -> dict:
+    """The ``config.json`` of a checkpoint folder."""
+    return read_json(join_uri(check_checkpoint(folder), CONFIG_FILE))
 
-    folder = check_checkpoint(folder)
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    backbone = config["backbone"].split("@")[0]  # trained weights replace the backbone's
+
+def load_memnet(folder: str | os.PathLike) -> tuple[MemNet, dict]:
+    """Load a checkpoint folder written by :func:`save_memnet` (evaluation mode, CPU)."""
+    from safetensors.torch import load
+
+    config = read_checkpoint_config(folder)
+    backbone = ModelSpec.parse(config["backbone"])  # trained weights replace the backbone's
     net, _ = build_memnet(
-        backbone, config["task"], config["n_categories"], image_size=config["image_size"]
+        str(ModelSpec(backbone.library, backbone.name)), config["task"], config["n_categories"],
+        image_size=config["image_size"],
     )
-    net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    net.load_state_dict(load(read_bytes(join_uri(os.fspath(folder), WEIGHTS_FILE))))
     return net.eval(), config
+
+
+class MemorabilityModel:
+    """The image-map engine's model of a trained checkpoint: predicted memorability per image.
+
+    Parameters
+    ----------
+    checkpoint : str
+        Checkpoint folder (local path or URI) of a network with a memorability head.
+    """
+
+    clip_frames = 0
+    schema = pa.schema([("memorability", pa.float32())])
+
+    def __init__(self, checkpoint: str) -> None:
+        from neuromem.runtime.device import resolve_device
+
+        net, config = load_memnet(checkpoint)
+        if net.memorability_head is None:
+            raise InputError(f"{checkpoint} was trained on categories only: no memorability head")
+        self.device = resolve_device("auto")
+        self.net = net.to(self.device)
+        self.input_size = int(config["image_size"])
+        self.mean, self.std = config["mean"], config["std"]
+
+    @torch.inference_mode()
+    def __call__(self, decoded: DecodedBatch) -> pa.Table:
+        """Predicted memorability of each decoded image."""
+        from neuromem.encoders.preprocessing import normalise
+
+        images_b3hw = to_float_pixels(decoded.pixels, self.device)
+        predicted = self.net(normalise(images_b3hw, self.mean, self.std))["memorability"]
+        return pa.table([pa.array(predicted.float().cpu().numpy())], schema=self.schema)
+
+
+def build_memorability_model(checkpoint: str) -> MemorabilityModel:
+    """Model recipe of the engine: ``MemorabilityModel(checkpoint)``."""
+    return MemorabilityModel(checkpoint)

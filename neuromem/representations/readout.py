@@ -1,9 +1,22 @@
-"""Read-outs from a representation: memorability by PLS (seed 001) and Brain-Score-style
-neural predictivity (PLS, 10 splits, median Pearson over targets)."""
+"""Read-outs from a representation: memorability by PLS, and neural predictivity as Brain-Score
+scores it.
+
+Brain-Score conventions (Schrimpf et al. 2018), followed by :func:`neural_predictivity`:
+
+- PLS regression with 25 components, 10 random 90/10 splits of the stimuli, stratified by
+  category where category labels exist;
+- per split, the Pearson r of each target (neuroid) on the held-out stimuli, then the *median
+  over targets*; the raw score is the *mean over splits* of those medians (their standard
+  deviation is the error);
+- the ceiling-normalised score is ``raw / ceiling`` (Brain-Score's convention, both in units
+  of r); ``(raw / ceiling)²`` is reported beside it as the fraction of explainable variance,
+  the convention of studies that normalise R²;
+- the ceiling of repeated measurements is the split-half reliability corrected to the full
+  number of repetitions by Spearman-Brown (:func:`split_half_ceiling`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +108,38 @@ def _columnwise_pearson(a_nt: np.ndarray, b_nt: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (a * b).sum(0) / denom, np.nan)
 
 
+def spearman_brown(r: np.ndarray, n_half_a: int, n_half_b: int, n_total: int) -> np.ndarray:
+    """Reliability of the mean of ``n_total`` repetitions from the correlation of two halves.
+
+    Under the classical model (each repetition = signal + independent noise, single-repetition
+    reliability ``ρ``), the mean of ``m`` repetitions has reliability
+    ``ρ_m = mρ / (1 + (m-1)ρ)`` and the means of two disjoint halves of sizes ``a`` and ``b``
+    correlate at ``sqrt(ρ_a ρ_b)``. This solves ``r = sqrt(ρ_a ρ_b)`` for ``ρ`` and returns
+    ``ρ_{n_total}``; with equal halves it is Spearman-Brown's ``2r / (1 + r)``, with unequal
+    ones (an odd number of repetitions) it uses the actual sizes. Correlations ``r ≤ 0`` (no
+    reliable signal) use the equal-halves formula.
+
+    Parameters
+    ----------
+    r : ndarray
+        Correlations between the two halves' means.
+    n_half_a, n_half_b : int
+        Repetitions in each half.
+    n_total : int
+        Repetitions of the full mean (usually ``n_half_a + n_half_b``).
+    """
+    r = np.asarray(r, dtype=np.float64)
+    a, b = float(n_half_a), float(n_half_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = r**2
+        quad = r2 * (a - 1) * (b - 1) - a * b  # < 0 for |r| < 1
+        lin = r2 * (a + b - 2)
+        rho = (-lin - np.sqrt(lin**2 - 4 * quad * r2)) / (2 * quad)
+        half = n_total / 2.0
+        rho = np.where(r > 0, rho, r / (half - (half - 1) * r))
+        return n_total * rho / (1 + (n_total - 1) * rho)
+
+
 def split_half_ceiling(repeats_rnt: np.ndarray, *, n_splits: int = 10, seed: int = 0) -> np.ndarray:
     """Per-target reliability ceiling from repeated measurements.
 
@@ -107,7 +152,8 @@ def split_half_ceiling(repeats_rnt: np.ndarray, *, n_splits: int = 10, seed: int
     -------
     ndarray, shape (T,)
         Mean over random half splits of the repetitions of the Pearson r between the two halves'
-        means, Spearman-Brown corrected to the full repetition count: ``2r / (1 + r)``.
+        means, corrected to the full repetition count by :func:`spearman_brown` with the
+        halves' actual sizes (``R // 2`` and ``R - R // 2``).
     """
     rng = np.random.default_rng(seed)
     n_rep = repeats_rnt.shape[0]
@@ -119,20 +165,78 @@ def split_half_ceiling(repeats_rnt: np.ndarray, *, n_splits: int = 10, seed: int
         half_a = repeats_rnt[order[: n_rep // 2]].mean(0)
         half_b = repeats_rnt[order[n_rep // 2:]].mean(0)
         r = _columnwise_pearson(half_a, half_b)
-        values.append(2 * r / (1 + r))
+        values.append(spearman_brown(r, n_rep // 2, n_rep - n_rep // 2, n_rep))
     return np.nanmean(np.stack(values), axis=0)
+
+
+#: How a normalised predictivity is defined, recorded beside the numbers.
+NORMALISATION = {
+    "normalised": "raw / ceiling (Brain-Score: both in units of Pearson r)",
+    "normalised_squared": "(raw / ceiling)^2 (fraction of explainable variance)",
+}
 
 
 @dataclass
 class Predictivity:
-    """Neural predictivity of one representation for ``T`` targets."""
+    """Neural predictivity of one representation for ``T`` targets (Brain-Score conventions).
 
-    r_per_target: np.ndarray  # (T,) mean over splits of held-out Pearson r
-    raw: float  # median over targets
+    Attributes
+    ----------
+    r_per_target : ndarray, shape (T,)
+        Mean over splits of each target's held-out Pearson r.
+    raw : float
+        Mean over splits of the per-split median over targets.
+    raw_per_split : ndarray, shape (n_splits,)
+        The per-split medians.
+    error : float
+        Standard deviation of ``raw_per_split`` (ddof 1; 0 for one split).
+    ceiling : float or None
+        Median over targets of the given ceiling.
+    normalised : float or None
+        ``raw / ceiling``.
+    normalised_squared : float or None
+        ``(raw / ceiling)²``.
+    """
+
+    r_per_target: np.ndarray
+    raw: float
+    raw_per_split: np.ndarray = field(default_factory=lambda: np.empty(0))
+    error: float = 0.0
     ceiling: float | None = None
-    normalised: float | None = None  # raw / ceiling
+    normalised: float | None = None
+    normalised_squared: float | None = None
     n_components: int = 25
     extra: dict = field(default_factory=dict)
+
+
+def stratified_test_rows(labels_n: np.ndarray, test_fraction: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Test rows of one stratified split: ``round(test_fraction · n_c)`` (at least 1) per class.
+
+    Parameters
+    ----------
+    labels_n : ndarray, shape (N,)
+        Class label of each row; rows with a missing label (None, NaN, ``""``) form a class of
+        their own.
+    test_fraction : float
+        Share of each class held out.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        Sorted int64 row indices.
+    """
+    labels = np.asarray(["" if _missing(v) else str(v) for v in labels_n])
+    parts = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        parts.append(members[: max(1, int(round(test_fraction * len(members))))])
+    return np.sort(np.concatenate(parts)).astype(np.int64)
+
+
+def _missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and np.isnan(value))
 
 
 def neural_predictivity(
@@ -146,12 +250,27 @@ def neural_predictivity(
     ceiling_t: np.ndarray | None = None,
     seed: int = 0,
 ) -> Predictivity:
-    """Brain-Score-style neural predictivity of a representation.
+    """Brain-Score neural predictivity of a representation (see the module docstring).
 
-    PLS with ``n_components`` (capped by the feature and training-row counts) fitted on 90 % of
-    the stimuli, Pearson r per target on the held-out 10 %, averaged over ``n_splits`` random
-    splits (stratified by ``stratify_n`` labels when given), median over targets. With a ceiling
-    per target (e.g. :func:`split_half_ceiling`), ``normalised = raw / median(ceiling)``.
+    Parameters
+    ----------
+    x_nf : ndarray, shape (N, F)
+        Representation of ``N`` stimuli.
+    responses_nt : ndarray, shape (N, T)
+        Responses of ``T`` targets.
+    n_components : int
+        PLS components (capped by the feature and training-row counts).
+    n_splits : int
+        Random train/test splits.
+    test_fraction : float
+        Share of the stimuli held out per split.
+    stratify_n : ndarray, shape (N,) or None
+        Category labels: each split holds out ``test_fraction`` of every category
+        (:func:`stratified_test_rows`).
+    ceiling_t : ndarray, shape (T,) or None
+        Ceiling per target (e.g. :func:`split_half_ceiling`); its median normalises the score.
+    seed : int
+        Seed of the splits.
     """
     n = x_nf.shape[0]
     rng = np.random.default_rng(seed)
@@ -159,31 +278,32 @@ def neural_predictivity(
     for _ in range(n_splits):
         if stratify_n is None:
             order = rng.permutation(n)
-            n_test = max(1, int(round(test_fraction * n)))
-            test, train = order[:n_test], order[n_test:]
+            test = order[: max(1, int(round(test_fraction * n)))]
         else:
-            test_parts = []
-            for label in np.unique(stratify_n):
-                members = rng.permutation(np.flatnonzero(stratify_n == label))
-                test_parts.append(members[: max(1, int(round(test_fraction * len(members))))])
-            test = np.concatenate(test_parts)
-            train = np.setdiff1d(np.arange(n), test)
+            test = stratified_test_rows(stratify_n, test_fraction, rng)
+        train = np.setdiff1d(np.arange(n), test)
         k = max_components(len(train), x_nf.shape[1], n_components)
         pred = fit_pls(x_nf[train], responses_nt[train], k).predict(x_nf[test]).cpu().numpy()
         r_splits.append(_columnwise_pearson(pred, responses_nt[test]))
-    r_t = np.nanmean(np.stack(r_splits), axis=0)
-    raw = float(np.nanmedian(r_t))
-    if ceiling_t is None:
-        return Predictivity(r_t, raw, n_components=n_components)
-    ceiling = float(np.nanmedian(ceiling_t))
-    return Predictivity(r_t, raw, ceiling, raw / ceiling, n_components=n_components)
+    r_st = np.stack(r_splits)
+    with np.errstate(all="ignore"):
+        medians_s = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in r_st])
+        r_t = np.nanmean(r_st, axis=0)
+    raw = float(np.nanmean(medians_s)) if np.isfinite(medians_s).any() else float("nan")
+    error = float(np.nanstd(medians_s, ddof=1)) if np.isfinite(medians_s).sum() > 1 else 0.0
+    result = Predictivity(r_t, raw, medians_s, error, n_components=n_components)
+    if ceiling_t is not None:
+        result.ceiling = float(np.nanmedian(ceiling_t))
+        result.normalised = raw / result.ceiling
+        result.normalised_squared = result.normalised**2
+    return result
 
 
 def unique_variance(
     targets_nt: np.ndarray, predictions_a_nt: np.ndarray, predictions_b_nt: np.ndarray
 ) -> np.ndarray:
     """Per-target partial correlation of targets with model A's predictions, controlling for
-    model B's (seed 002's test of whether A explains variance B does not).
+    model B's: whether A explains variance of the targets that B does not.
 
     Returns
     -------
@@ -195,38 +315,6 @@ def unique_variance(
     r_ab = _columnwise_pearson(predictions_a_nt, predictions_b_nt)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (r_ya - r_yb * r_ab) / np.sqrt((1 - r_yb**2) * (1 - r_ab**2))
-
-
-def lamem_splits(
-    memberships_n: Sequence[str | None], *, part: str = "test"
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """LaMem's train/test splits as row indices, from each row's split memberships.
-
-    Parameters
-    ----------
-    memberships_n : sequence of str or None, length N
-        Per row, the comma-separated split files listing the image (the ``splits`` column of
-        :func:`neuromem.data.lamem.list_lamem`, e.g. ``"test_1,train_2,val_3"``).
-    part : {"test", "val"}
-        Which held-out part to return as the second index array.
-
-    Returns
-    -------
-    dict
-        ``"{part}_k"`` → (rows of ``train_k``, rows of ``{part}_k``) for every ``k`` with both
-        parts present, sorted by ``k``.
-    """
-    members: dict[str, list[int]] = {}
-    for row, text in enumerate(memberships_n):
-        for name in (text or "").split(","):
-            if name:
-                members.setdefault(name, []).append(row)
-    splits = {}
-    for name in sorted(members, key=lambda n: (n.partition("_")[2], n)):
-        kind, _, k = name.partition("_")
-        if kind == part and f"train_{k}" in members:
-            splits[name] = (np.array(members[f"train_{k}"]), np.array(members[name]))
-    return splits
 
 
 def cross_validated_predictions(

@@ -224,6 +224,41 @@ def write_json(location: str | os.PathLike, value: Any, *, indent: int | None = 
     write_text(location, dumps_json(value, indent=indent) + "\n")
 
 
+def write_parquet(location: str | os.PathLike, table: pa.Table) -> None:
+    """Write one Parquet file atomically (see :func:`write_bytes`), raw array columns plain.
+
+    Raises
+    ------
+    InputError
+        When the location cannot be written.
+    """
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, **parquet_write_options(table.schema))
+    write_bytes(location, buffer.getvalue().to_pybytes())
+
+
+def remove(location: str | os.PathLike) -> bool:
+    """Delete a file, or a folder and everything in it; False when nothing was there.
+
+    Raises
+    ------
+    InputError
+        When it cannot be deleted.
+    """
+    filesystem, path = resolve(location)
+    kind = filesystem.get_file_info(path).type
+    try:
+        if kind == pafs.FileType.Directory:
+            filesystem.delete_dir(path)
+        elif kind == pafs.FileType.File:
+            filesystem.delete_file(path)
+        else:
+            return False
+    except OSError as error:
+        raise InputError(_write_error(location, error)) from None
+    return True
+
+
 def check_writable(location: str | os.PathLike) -> None:
     """Create the output folder ``location`` and check a file can be written in it.
 
@@ -380,9 +415,11 @@ __all__ = [
     "read_bytes",
     "read_json",
     "read_text",
+    "remove",
     "resolve",
     "to_jsonable",
     "write_bytes",
     "write_json",
+    "write_parquet",
     "write_text",
 ]

@@ -7,6 +7,10 @@ otherwise it refuses, naming the old and the new settings and the two ways out (
 or ``--overwrite``). A Parquet file in the folder that is not a part of a neuromem table (no
 metadata, or metadata without settings) is an error naming the file: it would otherwise be read
 as rows of the table.
+
+A job whose output folder holds several files (a run) records its settings in ``run.json``
+(:func:`prepare_run`) and follows the same rule: a rerun with the same settings resumes what the
+job resumes, a rerun with other settings refuses, ``--overwrite`` replaces the run's outputs.
 """
 
 from __future__ import annotations
@@ -18,11 +22,23 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from neuromem.errors import InputError
-from neuromem.runtime.storage import PartWriter, display
+from neuromem.runtime.storage import (
+    PartWriter,
+    check_writable,
+    display,
+    exists,
+    join_uri,
+    read_json,
+    remove,
+    write_json,
+)
 from neuromem.scoring.table import METADATA_KEY
 
 SETTINGS_KEY = "settings"
 """Key of the table metadata holding the settings that shape the table."""
+
+RUN_RECORD = "run.json"
+"""File of a run's output folder recording its settings (and, once done, what it did)."""
 
 
 def existing_settings(writer: PartWriter) -> dict[str, Any] | None:
@@ -52,6 +68,22 @@ def existing_settings(writer: PartWriter) -> dict[str, Any] | None:
             raise InputError(f"{display(writer.location)} mixes tables: {found_in} and {path} were "
                              "made with different settings; use --overwrite or another --out")
     return found
+
+
+class MetadataStamp:
+    """``PartsOutput.metadata`` of a job whose parts all carry the same metadata.
+
+    Calling it with the built model gives the function that stores ``metadata`` (with the
+    settings under :data:`SETTINGS_KEY`) in a part's schema.
+    """
+
+    def __init__(self, metadata: Mapping[str, Any]) -> None:
+        self.metadata = dict(metadata)
+
+    def __call__(self, model: Any):
+        from neuromem.scoring.table import write_metadata
+
+        return lambda table: write_metadata(table, self.metadata)
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -94,3 +126,51 @@ def prepare_output(writer: PartWriter, settings: Mapping[str, Any], *,
                          f"settings ({changed}); choose a new --out, or add --overwrite to "
                          "replace it")
     return 0
+
+
+def prepare_run(out: str, settings: Mapping[str, Any], *, overwrite: bool,
+                outputs: tuple[str, ...] = ()) -> bool:
+    """Make a run's output folder ready; refuse a rerun with other settings.
+
+    Checks the folder is writable, compares ``settings`` with those of ``out/run.json``, then
+    writes ``run.json`` with ``settings`` (so a killed run followed by the same command resumes).
+
+    Parameters
+    ----------
+    out : str
+        Output folder (local path or URI).
+    settings : mapping
+        The settings that shape the run's outputs (JSON types).
+    overwrite : bool
+        Delete ``outputs`` (and ``run.json``) of an earlier run instead of refusing.
+    outputs : tuple of str
+        Files and folders (relative to ``out``) the run writes, deleted by ``overwrite``.
+
+    Returns
+    -------
+    bool
+        True when an earlier run with the same settings is resumed.
+
+    Raises
+    ------
+    InputError
+        The folder cannot be written, or holds a run made with other settings.
+    """
+    check_writable(out)
+    record = join_uri(out, RUN_RECORD)
+    settings = json.loads(json.dumps(dict(settings)))  # JSON types, as read back
+    resumed = False
+    if exists(record):
+        old = read_json(record)
+        old = old.get(SETTINGS_KEY) if isinstance(old, dict) else None
+        if overwrite:
+            for name in (*outputs, RUN_RECORD):
+                remove(join_uri(out, name))
+        elif old != settings:
+            changed = "; ".join(differences(old or {}, settings))
+            raise InputError(f"{display(out)} already holds a run made with other settings "
+                             f"({changed}); choose a new --out, or add --overwrite to replace it")
+        else:
+            resumed = True
+    write_json(record, {SETTINGS_KEY: settings})
+    return resumed

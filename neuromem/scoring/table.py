@@ -113,10 +113,64 @@ def vertices_to_arrow(responses_bv: np.ndarray) -> pa.FixedSizeBinaryArray:
             f"responses must be 2-D (images, {N_VERTICES} vertices); got shape {responses_bv.shape}"
         )
     check_n_vertices(responses_bv, name="responses")
-    raw_bv = np.ascontiguousarray(responses_bv, dtype=VERTEX_DTYPE)
+    return arrays_to_arrow(responses_bv, VERTEX_DTYPE)
+
+
+def arrays_to_arrow(values_nk: np.ndarray, dtype: np.dtype | str) -> pa.FixedSizeBinaryArray:
+    """Encode ``N`` arrays of ``K`` values as a raw column: one ``fixed_size_binary`` per row.
+
+    The table codec of every fixed-length array column (``vertices``, layer features, pixels):
+    each value holds the row's ``K`` numbers as raw bytes of ``dtype`` (give it with an explicit
+    byte order, e.g. ``"<f4"``), so :func:`arrays_from_arrow` decodes a column with
+    :func:`numpy.frombuffer` straight from its data buffer. Store such columns plain
+    (:func:`neuromem.runtime.storage.parquet_write_options`).
+
+    Parameters
+    ----------
+    values_nk : array-like of shape (N, K) or (N, ...)
+        Values per row (trailing axes are flattened); cast to ``dtype``.
+    dtype : numpy dtype
+        On-disk element type.
+
+    Returns
+    -------
+    pyarrow.FixedSizeBinaryArray
+        ``N`` values of type ``fixed_size_binary(K · itemsize)``, no nulls.
+    """
+    dtype = np.dtype(dtype)
+    raw_nk = np.ascontiguousarray(np.asarray(values_nk), dtype=dtype)
+    raw_nk = raw_nk.reshape(len(raw_nk), -1)
     return pa.FixedSizeBinaryArray.from_buffers(
-        VERTICES_TYPE, len(raw_bv), [None, pa.py_buffer(raw_bv)]
+        pa.binary(raw_nk.shape[1] * dtype.itemsize), len(raw_nk), [None, pa.py_buffer(raw_nk)]
     )
+
+
+def arrays_from_arrow(column: pa.Array | pa.ChunkedArray, n_values: int,
+                      dtype: np.dtype | str) -> np.ndarray:
+    """Decode a raw column written by :func:`arrays_to_arrow` to ``(N, n_values)`` of ``dtype``.
+
+    Raises
+    ------
+    InputError
+        When the column is not ``fixed_size_binary(n_values · itemsize)``, or has nulls.
+    """
+    dtype = np.dtype(dtype)
+    expected = pa.binary(n_values * dtype.itemsize)
+    if not column.type.equals(expected):
+        raise InputError(f"a column of {n_values} {dtype} values per row must have type "
+                         f"{expected}; got {column.type}")
+    if column.null_count:
+        raise InputError(f"a column of {n_values} {dtype} values per row has "
+                         f"{column.null_count} null rows")
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [_chunk_values(chunk, n_values, dtype) for chunk in chunks if len(chunk)]
+    return np.concatenate(parts) if parts else np.empty((0, n_values), dtype)
+
+
+def _chunk_values(chunk: pa.Array, n_values: int, dtype: np.dtype) -> np.ndarray:
+    """The ``(len(chunk), n_values)`` view of one raw chunk's data buffer (no copy)."""
+    return np.frombuffer(chunk.buffers()[1], dtype=dtype, count=len(chunk) * n_values,
+                         offset=chunk.offset * n_values * dtype.itemsize).reshape(-1, n_values)
 
 
 def decode_vertices(
@@ -159,10 +213,7 @@ def decode_vertices(
     for chunk in chunks:
         n = len(chunk)
         if n:
-            data = chunk.buffers()[1]
-            values_nv = np.frombuffer(
-                data, dtype=VERTEX_DTYPE, count=n * N_VERTICES, offset=chunk.offset * VERTEX_BYTES
-            ).reshape(n, N_VERTICES)
+            values_nv = _chunk_values(chunk, N_VERTICES, VERTEX_DTYPE)
             if dtype == VERTEX_DTYPE:
                 out[start : start + n] = values_nv
             else:  # a table lookup is several times faster than numpy's float16 cast

@@ -26,10 +26,10 @@ import pytest
 import scipy.stats
 import torch
 import yaml
-from tests.cluster.raycluster import LoopbackCluster, make_cluster
 
 from neuromem.data import synthetic
 from neuromem.data.decode import decode_image
+from tests.cluster.raycluster import LoopbackCluster, make_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_ENV = Path("cluster") / "runtime_env.yaml"  # relative: submitted from REPO

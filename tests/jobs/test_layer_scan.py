@@ -1,5 +1,6 @@
-"""End-to-end test of ``neuromem layers`` (pipelines/layer_scan.py): Ray Data extraction to
-Parquet, per-layer memorability read-out and brain similarity, model comparison, figure."""
+"""End-to-end test of ``neuromem layers``: extraction on the image-map engine into feature tables
+(bad images isolated), per-layer memorability read-out and brain similarity, network comparison,
+figure, rerun rules, and errors reported in one line before Ray starts."""
 
 from __future__ import annotations
 
@@ -15,24 +16,19 @@ from safetensors.torch import save_file
 
 from neuromem.cli import main
 from neuromem.data.decode import decode_image
-from neuromem.data.lamem import list_lamem
-from neuromem.data.readers import read_bytes
+from neuromem.data.lamem import list_lamem, split_indices
 from neuromem.data.schema import rows_to_arrow
 from neuromem.data.synthetic import write_lamem
 from neuromem.networks import load_model
+from neuromem.representations.cka import debiased_linear_cka
+from neuromem.representations.features import read_layer
 from neuromem.representations.layers import LayerExtractor, Pooling
 from neuromem.representations.readout import memorability_readout, neural_predictivity
-from pipelines.layer_scan import arrow_to_features, features_to_arrow, read_layer, readout_splits
+from neuromem.runtime.storage import read_bytes
 
 INCLUDE = r"^(act1|layer[124]\.0\.act2|layer3\.0\.act3|fc)$"  # stem, each stage's output, fc
+LAYERS = ["act1", "layer1.0.act2", "layer2.0.act2", "layer3.0.act3", "layer4.0.act2", "fc"]
 SIZE = 32
-
-
-def kornblith_cka(x, y):
-    """Linear CKA as written in Kornblith et al. 2019 (centred HSIC ratio)."""
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
 
 
 @pytest.fixture(scope="module")
@@ -48,146 +44,134 @@ def scan(tmp_path_factory, ray_local):
     table = table.append_column("roi_V1", pa.array(rng.standard_normal(len(rows)).astype(np.float32)))
     (root / "table").mkdir()
     pq.write_table(table, root / "table" / "part-0.parquet")
+    broken = rows["image_id"].iloc[:2].tolist()
+    (root / "lamem" / "images" / broken[0]).write_bytes(b"not a jpeg")  # corrupt
+    (root / "lamem" / "images" / broken[1]).unlink()  # missing
     with torch.random.fork_rng():
         torch.manual_seed(7)
         other = load_model("timm:test_resnet", seed=7).module.state_dict()
     save_file(other, str(root / "other.safetensors"))
-    models = ["timm:test_resnet", f"timm:test_resnet@{root / 'other.safetensors'}"]
+    networks = ["timm:test_resnet", f"timm:test_resnet@{root / 'other.safetensors'}"]
     out = root / "out"
-    argv = ["layers", "--table", str(root / "table"), "--out", str(out), "--include", INCLUDE,
-            "--image-size", str(SIZE), "--max-features", "256", "--batch-size", "16",
-            "--targets", "rois", "--compare", "--figure-roi", "LOC"]
-    for model in models:
-        argv += ["--model", model]
+    argv = ["layers", "--table", f"file://{root / 'table'}", "--out", str(out), "--include",
+            INCLUDE, "--image-size", str(SIZE), "--max-features", "256", "--batch-size", "16",
+            "--targets", "rois", "--compare", "--figure-roi", "roi_LOC", "--no-progress"]
+    for network in networks:
+        argv += ["--network", network]
     assert main(argv) == 0
-    return root, out, rows, models
+    good = rows[~rows["image_id"].isin(broken)].reset_index(drop=True)
+    return {"root": root, "out": out, "rows": good, "networks": networks, "argv": argv,
+            "broken": broken}
 
 
 @pytest.fixture(scope="module")
 def bare(scan):
-    """Features of both models extracted in a plain loop, in this process."""
-    _, _, rows, models = scan
-    return [bare_features(model, rows) for model in models]
-
-
-def bare_features(spec, rows):
-    """The same layers extracted in a plain loop, in this process."""
-    model = load_model(spec, image_size=SIZE)
-    extractor = LayerExtractor(model, Pooling(grid=2, max_features=256), include=INCLUDE)
-    pixels = np.stack([decode_image(read_bytes(s), size=SIZE) for s in rows["source"]])
+    """Features of both networks for the readable images, extracted in a plain loop here."""
+    pixels = np.stack([decode_image(read_bytes(s), size=SIZE) for s in scan["rows"]["source"]])
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
-    return {name: f.numpy() for name, f in extractor(images).items()}
+    features = []
+    for spec in scan["networks"]:
+        extractor = LayerExtractor(load_model(spec, image_size=SIZE),
+                                   Pooling(grid=2, max_features=256), include=INCLUDE)
+        features.append({name: f.numpy() for name, f in extractor(images).items()})
+    return features
 
 
 def test_layer_table_matches_bare_loop_and_peers(scan, bare):
-    root, out, rows, models = scan
+    out, rows, networks = scan["out"], scan["rows"], scan["networks"]
     table = pd.read_parquet(out / "layers.parquet")
-    layers = ["act1", "layer1.0.act2", "layer2.0.act2", "layer3.0.act3", "layer4.0.act2", "fc"]
-    assert table["model"].tolist() == [m for m in models for _ in layers]
-    assert table["layer"].tolist() == layers * 2
+    assert table["model"].tolist() == [m for m in networks for _ in LAYERS]
+    assert table["layer"].tolist() == LAYERS * 2
     np.testing.assert_allclose(table["depth_fraction"][:6], np.linspace(0, 1, 6))
     assert (table["n_features"] <= 256).all()
     folder = out / "features" / "timm_test_resnet"
-    manifest = json.loads((folder / "layers.json").read_text())
-    assert [layer["name"] for layer in manifest["layers"]] == layers
-    bare = bare[0]
-    first = table[table["model"] == models[0]].set_index("layer")
-    splits = readout_splits(rows, 0)
-    assert list(splits) == [f"test_{k}" for k in range(1, 6)]
+    first = table[table["model"] == networks[0]].set_index("layer")
+    splits = split_indices(rows["splits"].tolist())  # LaMem's splits of the readable images
     memorability = rows["memorability"].to_numpy()
-    brain = pq.read_table(root / "table", columns=["roi_LOC"]).column(0).to_numpy()
-    brain = brain.astype(np.float64)[:, None]
+    brain = pq.read_table(scan["root"] / "table", columns=["image_id", "roi_LOC"]).to_pandas()
+    brain = brain.set_index("image_id").loc[rows["image_id"], ["roi_LOC"]].to_numpy(np.float64)
     for layer in ("act1", "layer3.0.act3", "fc"):
-        ids, x_nf = read_layer(str(folder), layer, int(first.loc[layer, "n_features"]))
+        ids, x_nf = read_layer(f"file://{folder}", layer, int(first.loc[layer, "n_features"]))
+        assert sorted(ids) == sorted(rows["image_id"])  # the broken images have no features
         order = [ids.index(i) for i in rows["image_id"]]
-        np.testing.assert_allclose(x_nf[order], bare[layer], rtol=1e-4, atol=1e-5)
-        x = bare[layer].astype(np.float64)
+        np.testing.assert_allclose(x_nf[order], bare[0][layer], rtol=1e-4, atol=1e-5)
+        x = bare[0][layer].astype(np.float64)
         readout = memorability_readout(x, memorability, splits)
         assert first.loc[layer, "memorability_rho_mean"] == pytest.approx(readout.mean, abs=1e-6)
         assert first.loc[layer, "memorability_rho_std"] == pytest.approx(
             np.std(list(readout.rho_per_split.values()), ddof=1), abs=1e-6)
-        assert first.loc[layer, "cka_LOC"] == pytest.approx(kornblith_cka(x, brain), rel=1e-4)
-        assert first.loc[layer, "predictivity_LOC"] == pytest.approx(
-            neural_predictivity(x, brain).raw, abs=1e-5)
+        assert first.loc[layer, "cka_LOC"] == pytest.approx(debiased_linear_cka(x, brain),
+                                                            rel=1e-4, abs=1e-6)
+        score = neural_predictivity(x, brain)
+        assert first.loc[layer, "predictivity_LOC"] == pytest.approx(score.raw, abs=1e-5)
+        assert first.loc[layer, "predictivity_sd_LOC"] == pytest.approx(score.error, abs=1e-5)
     # planted effects: objects are more memorable and drive "LOC"; "V1" is noise
     assert table["memorability_rho_mean"].max() > 0.3
     assert table["predictivity_LOC"].median() > 0.4
     assert table["predictivity_LOC"].median() > table["predictivity_V1"].median() + 0.2
     assert (out / "layers.png").stat().st_size > 10_000
+    record = json.loads((out / "run.json").read_text())
+    assert record["conventions"]["cka"] == "debiased"
+    assert record["settings"]["seed"] == 0 and "ray" in record["versions"]
 
 
-def test_compare_models_layer_by_layer(scan, bare):
-    root, out, rows, models = scan
-    compare = pd.read_parquet(out / "compare.parquet")
-    assert len(compare) == 6 and (compare["model_a"] == models[0]).all()
+def test_bad_images_land_in_the_errors_table(scan):
+    folders = sorted((scan["out"] / "features").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        errors = pq.read_table(folder / "_errors").to_pandas()
+        assert sorted(errors["image_id"]) == sorted(scan["broken"])
+        assert set(errors["stage"]) == {"decode"}
+
+
+def test_compare_networks_layer_by_layer(scan, bare):
+    compare = pd.read_parquet(scan["out"] / "compare.parquet")
+    assert len(compare) == 6 and (compare["model_a"] == scan["networks"][0]).all()
     bare_a, bare_b = bare
     for _, row in compare.iterrows():
-        want = kornblith_cka(bare_a[row["layer"]].astype(np.float64),
-                             bare_b[row["layer"]].astype(np.float64))
-        assert row["cka"] == pytest.approx(want, rel=1e-4)
+        want = debiased_linear_cka(bare_a[row["layer"]].astype(np.float64),
+                                   bare_b[row["layer"]].astype(np.float64))
+        assert row["cka"] == pytest.approx(want, rel=1e-4, abs=1e-6)
     assert compare[["unique_a_LOC", "unique_b_LOC"]].abs().max().max() <= 1
 
 
-def test_feature_column_roundtrip():
-    values = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
-    column = pa.chunked_array([features_to_arrow(values[:2]), features_to_arrow(values[2:])])
-    assert column.type == pa.binary(28)
-    np.testing.assert_array_equal(arrow_to_features(column, 7), values)
-    np.testing.assert_array_equal(arrow_to_features(column.combine_chunks().slice(1, 3), 7), values[1:4])
+def test_rerun_resumes_with_the_same_settings_and_refuses_others(scan, capsys):
+    capsys.readouterr()
+    assert main(scan["argv"]) == 0
+    printed = capsys.readouterr().out
+    assert "0 images extracted, 60 already done" in printed
+    changed = [a if a != "256" else "128" for a in scan["argv"]]  # --max-features 128
+    assert main(changed) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "max_features: 256 → 128" in error and "--overwrite" in error
 
 
-def test_vertex_targets_average_repeats_and_stay_in_roi(tmp_path):
-    from neuromem.cortex.rois import load_roi_set
-    from neuromem.scoring.table import vertices_to_arrow
-    from pipelines.layer_scan import read_brain_targets
-
-    rng = np.random.default_rng(0)
-    responses_bv = rng.standard_normal((6, 20484)).astype(np.float16)
-    ids = ["a", "b", "c", "a", "b", "c"]  # every image twice (two subjects)
-    table = pa.table({"image_id": ids, "vertices": vertices_to_arrow(responses_bv)})
-    pq.write_table(table, tmp_path / "brain.parquet")
-    targets = read_brain_targets(str(tmp_path / "brain.parquet"), rois=["LOC", "FFA"],
-                                 max_vertices=20)
-    assert targets.image_ids == ["a", "b", "c"]
-    mean_3v = (responses_bv[:3].astype(np.float64) + responses_bv[3:]) / 2
-    roi_set = load_roi_set("default")
-    for roi in ("LOC", "FFA"):
-        y_nt = targets.targets[roi]
-        assert y_nt.shape == (3, min(20, roi_set.indices[roi].size))
-        inside = mean_3v[:, roi_set.indices[roi]]
-        matches = [np.flatnonzero(np.all(np.isclose(inside, column[:, None]), axis=0))
-                   for column in y_nt.T]
-        assert all(len(m) == 1 for m in matches)  # each target is one vertex of the ROI
-        assert len({int(m[0]) for m in matches}) == y_nt.shape[1]  # all distinct
-
-
-def test_lamem_splits_follow_split_files(tmp_path):
-    from neuromem.representations.readout import lamem_splits
-
-    truth = write_lamem(tmp_path, n_images=30, image_size=16).set_index("image_id")
-    rows = list_lamem(tmp_path)
-    splits = lamem_splits(rows["splits"].tolist())
-    assert list(splits) == [f"test_{k}" for k in range(1, 6)]
-    for k in range(1, 6):
-        train, test = splits[f"test_{k}"]
-        membership = truth.loc[rows["image_id"], f"split_{k}"].to_numpy()
-        np.testing.assert_array_equal(train, np.flatnonzero(membership == "train"))
-        np.testing.assert_array_equal(test, np.flatnonzero(membership == "test"))
-
-
-def test_cross_validated_predictions_match_sklearn():
-    from sklearn.cross_decomposition import PLSRegression
-
-    from neuromem.representations.readout import cross_validated_predictions
-
-    rng = np.random.default_rng(1)
-    x_nf = rng.standard_normal((40, 12))
-    # one target: sklearn's NIPALS is then exact (for several it stops its power iteration early)
-    y_nt = x_nf[:, :3] @ rng.standard_normal((3, 1)) + 0.5 * rng.standard_normal((40, 1))
-    got = cross_validated_predictions(x_nf, y_nt, n_components=4, n_folds=5, seed=3)
-    want = np.empty_like(y_nt)
-    for fold in np.array_split(np.random.default_rng(3).permutation(40), 5):
-        train = np.setdiff1d(np.arange(40), fold)
-        pls = PLSRegression(n_components=4, scale=False).fit(x_nf[train], y_nt[train])
-        want[fold] = pls.predict(x_nf[fold])
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+def test_errors_are_one_line_before_any_work(tmp_path, capsys):
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image_id": ["a"], "source": ["/a.jpg"], "roi_FFA": [1.0]}), table)
+    (tmp_path / "file").write_text("in the way")
+    base = ["layers", "--table", str(table), "--no-progress"]
+    cases = [
+        (["--network", "timm:no_such_net", "--out", str(tmp_path / "o1")], "timm has no model"),
+        (["--network", "keras:resnet", "--out", str(tmp_path / "o2")], "LIBRARY:NAME"),
+        (["--out", str(tmp_path / "o3")], "give at least one --network"),
+        (["--network", "timm:test_resnet", "--roi", "PPA", "--out", str(tmp_path / "o4")],
+         "no ROI column"),
+        (["--network", "timm:test_resnet", "--out", str(tmp_path / "o5")],
+         "only 1 images of the brain table"),
+        (["--network", "timm:test_resnet", "--grid", "0", "--out", str(tmp_path / "o6")],
+         "--grid must be at least 1"),
+    ]
+    for extra, message in cases:
+        assert main(base + extra) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and message in error, error
+    assert not any((tmp_path / f"o{k}").exists() for k in range(1, 7))  # nothing written
+    many = pa.table({"image_id": [str(i) for i in range(12)], "source": ["/x.jpg"] * 12,
+                     "roi_FFA": np.arange(12.0)})
+    pq.write_table(many, table)
+    assert main(base + ["--network", "timm:test_resnet", "--out",
+                        str(tmp_path / "file" / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "cannot write" in error

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from neuromem.decoding.contrastive import BrainSignalEncoder, info_nce, retrieval_accuracy
+from neuromem.decoding.contrastive import (
+    BrainSignalEncoder,
+    evaluate_retrieval,
+    info_nce,
+    retrieval_accuracy,
+    train_contrastive,
+)
+from neuromem.errors import InputError
 
 
 def test_info_nce_matches_the_written_formula():
@@ -25,6 +33,42 @@ def test_retrieval_accuracy_counts_ranks():
     acc = retrieval_accuracy(brain, image, ks=(1, 2))
     assert acc[1] == 0.5  # rows 0 and 3 rank their own image first
     assert acc[2] == 0.75  # row 1 ranks its image second, row 2 fourth
+
+
+def test_constant_or_broken_embeddings_score_chance_not_perfection():
+    rng = torch.Generator().manual_seed(0)
+    images = torch.randn(200, 16, generator=rng)
+    for brain, image in ((torch.ones(200, 16), torch.ones(200, 16)),   # all equal
+                         (torch.zeros(200, 16), torch.zeros(200, 16)),  # all zero
+                         (torch.ones(200, 16), images),                  # constant brain
+                         (torch.full((200, 16), torch.nan), images)):    # non-finite
+        acc = retrieval_accuracy(brain, image)
+        assert acc[1] <= 0.01 and acc[5] <= 0.03
+
+
+def test_ties_are_averaged_and_non_finite_rows_are_misses():
+    image = torch.eye(4)
+    # row 0 ties its own image with image 1: half a hit at top-1, a full hit at top-2
+    brain = torch.tensor([[1.0, 1.0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    acc = retrieval_accuracy(brain, image, ks=(1, 2))
+    assert acc[1] == pytest.approx((0.5 + 3) / 4) and acc[2] == 1.0
+    brain[2, 0] = torch.nan  # its row is a miss, the others are unchanged
+    assert retrieval_accuracy(brain, image, ks=(1,))[1] == pytest.approx((0.5 + 2) / 4)
+    broken = image.clone()
+    broken[3] = torch.inf  # a broken candidate: its own row misses, it outranks nobody
+    acc = retrieval_accuracy(torch.eye(4), broken, ks=(1,))
+    assert acc[1] == pytest.approx(3 / 4)
+
+
+def test_diverging_training_and_broken_encoders_stop_with_a_clear_error():
+    net = BrainSignalEncoder(6, 4, hidden=8)
+    signals = torch.randn(20, 6)
+    signals[3, 0] = torch.nan
+    with pytest.raises(InputError, match="lower --lr"):
+        train_contrastive(net, net.logit_scale, signals, torch.randn(20, 4), epochs=1,
+                          batch_size=20, lr=1e-3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="non-finite"):
+        evaluate_retrieval(net, signals, torch.randn(20, 4))
 
 
 def _train_and_evaluate(signals, images, n_train, seed=0, steps=300):
