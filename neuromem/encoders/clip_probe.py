@@ -237,9 +237,11 @@ def register_open_clip_config(model_name: str, model_config: dict[str, Any]) -> 
             _REGISTERED_CONFIGS[model_name] = text
             return
         raise InputError(f"open_clip model {model_name!r} already exists with another config")
-    folder = Path(tempfile.mkdtemp(prefix="neuromem-open-clip-"))
-    (folder / f"{model_name}.json").write_text(text)
-    open_clip.add_model_config(folder / f"{model_name}.json")
+    # open_clip reads the file into its registry at once and skips it once gone on later rescans
+    with tempfile.TemporaryDirectory(prefix="neuromem-open-clip-") as folder:
+        path = Path(folder) / f"{model_name}.json"
+        path.write_text(text)
+        open_clip.add_model_config(path)
     _REGISTERED_CONFIGS[model_name] = text
 
 
