@@ -2,7 +2,6 @@
 
 Modules: :mod:`.features` (CLIP features as the probe encoder computes them), :mod:`.ridge`
 (per-target ridge CV), :mod:`.fit` (probe fitting and held-out R²), :mod:`.nsd_betas` (NSD
-fsaverage betas and noise ceiling), :mod:`.zero_shot` (CLIP zero-shot categories),
-:mod:`.image_map` (the Ray Data actor-pool plumbing of the image jobs), :mod:`.annotate`
-(adding columns to a score table without losing rows).
+fsaverage betas and noise ceiling), :mod:`.zero_shot` (CLIP zero-shot categories and their
+row model for the image-map engine).
 """
