@@ -773,7 +773,7 @@ def _hub_files(repo: str, filenames: Sequence[str]) -> list[Path]:
 
 
 def load_tribev2_files(
-    config_path: Path, ckpt_path: Path, spec: str, protocol: str = DEFAULT_PROTOCOL
+    config_path: Path, ckpt_path: Path, spec: str, protocol: str | StillProtocol = DEFAULT_PROTOCOL
 ) -> TribeV2Encoder:
     """Encoder from a ``config.yaml`` and ``best.ckpt`` (backbone named in the config)."""
     config = read_config(config_path)
@@ -790,7 +790,7 @@ def load_tribev2_files(
 
 
 def load_tribev2_folder(
-    folder: str | Path, spec: str | None = None, protocol: str = DEFAULT_PROTOCOL
+    folder: str | Path, spec: str | None = None, protocol: str | StillProtocol = DEFAULT_PROTOCOL
 ) -> TribeV2Encoder:
     """Encoder from a local folder holding ``config.yaml`` and ``best.ckpt``."""
     folder = Path(folder)
