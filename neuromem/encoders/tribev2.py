@@ -144,6 +144,32 @@ TINY_BUILD_ARGS: dict[str, Any] = {
     "n_output_timesteps": 16,
 }
 
+# The released layout: V-JEPA2 ViT-g (facebook/vjepa2-vitg-fpc64-256) and the facebook/tribev2
+# head (upstream tribev2/grids/defaults.py; text LLaMA-3.2-3B and audio Wav2Vec-BERT widths),
+# for measurements with random weights.
+RELEASED_BACKBONE_CONFIG: dict[str, Any] = {
+    "crop_size": 256, "patch_size": 16, "frames_per_clip": 64, "tubelet_size": 2,
+    "hidden_size": 1408, "num_hidden_layers": 40, "num_attention_heads": 22,
+    "mlp_ratio": 48 / 11,
+}
+RELEASED_CONFIG: dict[str, Any] = {
+    "data": {
+        "frequency": 2,
+        "duration_trs": 100,
+        "layers_to_use": [0.5, 0.75, 1.0],
+        "layer_aggregation": "group_mean",
+        "video_feature": {"clip_duration": 4, "image": {"model_name": DEFAULT_BACKBONE}},
+        "neuro": {"frequency": 1, "offset": 5},
+    },
+    "brain_model_config": {"hidden": 1152, "low_rank_head": 2048, "combiner": None,
+                           "encoder": {"depth": 8}, "subject_layers": {"subject_dropout": 0.1}},
+}
+RELEASED_BUILD_ARGS: dict[str, Any] = {
+    "feature_dims": {"text": (2, 3072), "audio": (2, 1024), "video": (2, 1408)},
+    "n_outputs": N_VERTICES,
+    "n_output_timesteps": 100,
+}
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -812,16 +838,22 @@ def load_tribev2_hub(
     return load_tribev2_files(config_path, ckpt_path, spec=spec, protocol=protocol)
 
 
-def build_tiny_backbone(seed: int = TINY_SEED) -> VJEPA2Model:
-    """Seeded-random tiny V-JEPA2 (``TINY_BACKBONE_CONFIG``)."""
+def random_backbone(backbone_config: dict[str, Any], seed: int = TINY_SEED) -> VJEPA2Model:
+    """Seeded-random V-JEPA2 of the given ``VJEPA2Config`` settings."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return VJEPA2Model(VJEPA2Config(**TINY_BACKBONE_CONFIG)).eval()
+        return VJEPA2Model(VJEPA2Config(**backbone_config)).eval()
 
 
-def build_tiny_head(seed: int = TINY_SEED) -> FmriHead:
-    """Seeded-random head in the ``TINY_CONFIG`` / ``TINY_BUILD_ARGS`` layout (1 subject row)."""
-    head = FmriHead(head_config(TINY_CONFIG, TINY_BUILD_ARGS, n_subject_rows=1))
+def random_head(
+    config: dict[str, Any], build_args: dict[str, Any], seed: int = TINY_SEED
+) -> FmriHead:
+    """Seeded-random head of a config / build-args layout (one subject row).
+
+    Every weight, the subject read-out included, gets random values: a read-out left at
+    upstream's initial zeros makes every output and gradient exactly 0.
+    """
+    head = FmriHead(head_config(config, build_args, n_subject_rows=1))
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in head.named_parameters():
@@ -832,11 +864,26 @@ def build_tiny_head(seed: int = TINY_SEED) -> FmriHead:
     return head.eval()
 
 
+def build_random_tribev2(
+    backbone_config: dict[str, Any],
+    config: dict[str, Any],
+    build_args: dict[str, Any],
+    *,
+    spec: str,
+    seed: int = TINY_SEED,
+    protocol: str | StillProtocol = DEFAULT_PROTOCOL,
+) -> TribeV2Encoder:
+    """An untrained encoder of any layout, seeded-random (tests, cost measurements)."""
+    backbone = random_backbone(backbone_config, seed)
+    features = feature_spec(config, backbone.config.num_hidden_layers,
+                            build_args.get("n_output_timesteps"))
+    return TribeV2Encoder(backbone, random_head(config, build_args, seed), features, spec=spec,
+                          trained=False, files=[], protocol=protocol)
+
+
 def build_tiny_tribev2(
     seed: int = TINY_SEED, spec: str = "tribev2:tiny", protocol: str = DEFAULT_PROTOCOL
 ) -> TribeV2Encoder:
     """The offline test encoder: tiny V-JEPA2 + tiny head, seeded-random, untrained."""
-    backbone = build_tiny_backbone(seed)
-    features = feature_spec(TINY_CONFIG, backbone.config.num_hidden_layers)
-    return TribeV2Encoder(backbone, build_tiny_head(seed), features, spec=spec, trained=False,
-                          files=[], protocol=protocol)
+    return build_random_tribev2(TINY_BACKBONE_CONFIG, TINY_CONFIG, TINY_BUILD_ARGS, spec=spec,
+                                seed=seed, protocol=protocol)

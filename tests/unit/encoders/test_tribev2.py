@@ -21,15 +21,16 @@ from neuromem.encoders import load_encoder
 from neuromem.encoders.tribe_head import FmriHead
 from neuromem.encoders.tribe_protocols import PROTOCOLS, StillProtocol
 from neuromem.encoders.tribev2 import (
+    TINY_BACKBONE_CONFIG,
     TINY_BUILD_ARGS,
     TINY_CONFIG,
     TribeV2Encoder,
-    build_tiny_backbone,
-    build_tiny_head,
     feature_spec,
     head_config,
     layer_groups,
     load_tribev2_folder,
+    random_backbone,
+    random_head,
 )
 from neuromem.errors import InputError, MissingWeightsError
 
@@ -213,7 +214,7 @@ def release(upstream, tmp_path_factory):
     whose name contains ``vjepa2`` (upstream picks the model family by name)."""
     root = tmp_path_factory.mktemp("tribe")
     backbone_dir = root / "vjepa2-tiny"
-    build_tiny_backbone(seed=3).save_pretrained(backbone_dir)
+    random_backbone(TINY_BACKBONE_CONFIG, seed=3).save_pretrained(backbone_dir)
     VJEPA2VideoProcessor(crop_size=32).save_pretrained(backbone_dir)
     brain = TINY_CONFIG["brain_model_config"]
     reference = _upstream_head(
@@ -394,10 +395,10 @@ def test_static_holds_the_image_and_fast_reads_one_tubelet():
     torch.testing.assert_close(held, clip, atol=1e-6, rtol=0)
     # fast = static with 2-frame windows
     fast = load_encoder("tribev2:tiny", protocol="fast")
-    backbone = build_tiny_backbone()
+    backbone = random_backbone(TINY_BACKBONE_CONFIG)
     spec = feature_spec({**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "video_feature": {
         **TINY_CONFIG["data"]["video_feature"], "num_frames": 2}}}, backbone.config.num_hidden_layers)
-    two_frames = TribeV2Encoder(backbone, build_tiny_head(), spec, spec="two", trained=False,
+    two_frames = TribeV2Encoder(backbone, random_head(TINY_CONFIG, TINY_BUILD_ARGS), spec, spec="two", trained=False,
                                 files=[], protocol="static").eval()
     with torch.no_grad():
         torch.testing.assert_close(fast(images), two_frames(images), atol=1e-6, rtol=0)
