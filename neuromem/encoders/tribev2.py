@@ -59,10 +59,13 @@ unchanged but carry no gradient, so the gradient reaches the pixels only through
 the attention kernels may differ and change the value in the last bits), but each one from a
 detached copy of its input, so only one deep block's graph exists at a time. ``k`` below the
 shallowest state the head reads leaves no gradient path and raises :class:`InputError`.
+``gradient_checkpointing=True`` also recomputes blocks ``1..k`` during the backward pass instead
+of keeping their activations.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
@@ -73,6 +76,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.utils.checkpoint import checkpoint
 from transformers import VJEPA2Config, VJEPA2Model
 
 from neuromem.encoders.base import N_VERTICES, BrainEncoder
@@ -422,6 +426,10 @@ class TribeV2Encoder(BrainEncoder):
         The backbone's video processor; None: V-JEPA2's defaults for its crop size.
     window_batch : int
         Windows per backbone call (bounds memory; results do not depend on it).
+    gradient_checkpointing : bool
+        With a gradient path, keep only each block's input and recompute the block during the
+        backward pass: the memory of a 64-frame ViT-g window falls from tens of GB to a few, for
+        about one more forward pass. Values and gradients are unchanged.
     """
 
     kind = "tribev2"
@@ -439,6 +447,7 @@ class TribeV2Encoder(BrainEncoder):
         protocol: str | StillProtocol = DEFAULT_PROTOCOL,
         preprocessing: VideoPreprocessing | None = None,
         window_batch: int = 8,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         dims = head.config.feature_dims.get("video")
@@ -472,13 +481,23 @@ class TribeV2Encoder(BrainEncoder):
         self.input_size = crop
         self.clip_frames = CLIP_FRAMES
         self.window_batch = int(window_batch)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._window_cache: dict[Hashable, torch.Tensor] = {}
+        self._set_protocol(protocol)
+
+    def _set_protocol(self, protocol: str | StillProtocol) -> None:
         self.still_protocol = (protocol if isinstance(protocol, StillProtocol)
                                else StillProtocol(protocol))
         self.protocol = self.still_protocol.name
+        spec = self.features_spec
         self.still_plan = self.still_protocol.plan(
-            features.feature_frequency, features.clip_duration, features.num_frames,
-            features.output_frequency)
-        self._window_cache: dict[Hashable, torch.Tensor] = {}
+            spec.feature_frequency, spec.clip_duration, spec.num_frames, spec.output_frequency)
+
+    def with_protocol(self, protocol: str | StillProtocol) -> TribeV2Encoder:
+        """The same encoder, sharing its weights and window cache, with another protocol."""
+        other = copy.copy(self)
+        other._set_protocol(protocol)
+        return other
 
     def config(self) -> dict[str, Any]:
         spec = self.features_spec
@@ -681,7 +700,10 @@ class TribeV2Encoder(BrainEncoder):
                 break
             if index > depth and hidden.requires_grad:
                 hidden = hidden.detach().requires_grad_(True)
-            hidden = block(hidden, None)[0]
+            if self.gradient_checkpointing and index <= depth and hidden.requires_grad:
+                hidden = checkpoint(_block_output, block, hidden, use_reentrant=False)
+            else:
+                hidden = _block_output(block, hidden)
             if index in wanted:
                 state = self._aggregate_tokens(hidden)
                 pooled[index] = state if index <= depth else state.detach()
@@ -717,6 +739,10 @@ class TribeV2Encoder(BrainEncoder):
         segments_sgdt = padded.unflatten(1, (n_segments, spec.segment_steps)).flatten(0, 1)
         outputs_svt = self.head({"video": segments_sgdt.permute(0, 2, 3, 1)}, spec.segment_trs)
         return outputs_svt.permute(0, 2, 1).reshape(n_items, n_segments * spec.segment_trs, -1)
+
+
+def _block_output(block: torch.nn.Module, hidden_btd: torch.Tensor) -> torch.Tensor:
+    return block(hidden_btd, None)[0]
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -404,6 +404,10 @@ def test_static_holds_the_image_and_fast_reads_one_tubelet():
         torch.testing.assert_close(fast(images), two_frames(images), atol=1e-6, rtol=0)
         assert not torch.allclose(fast(images), held, atol=1e-6)
     assert fast.metadata()["protocol"] == "fast"
+    switched = static.with_protocol("fast")  # shares the weights
+    assert switched.backbone is static.backbone and static.protocol == "static"
+    with torch.no_grad():
+        assert torch.equal(switched(images), fast(images))
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -411,9 +415,9 @@ def test_gradients_and_truncation_in_every_protocol(protocol, reducer):
     encoder = load_encoder("tribev2:tiny", protocol=protocol)
     images = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(1))
 
-    def run(trunc_layer):
+    def run(trunc_layer, model=encoder):
         x = images.clone().requires_grad_(True)
-        rois_br = encoder.roi_responses(x, reducer, trunc_layer=trunc_layer)
+        rois_br = model.roi_responses(x, reducer, trunc_layer=trunc_layer)
         rois_br[:, reducer.names.index("PPA")].sum().backward()
         return rois_br.detach(), x.grad
 
@@ -429,6 +433,13 @@ def test_gradients_and_truncation_in_every_protocol(protocol, reducer):
     torch.testing.assert_close(grad_last, grad_full, rtol=1e-5, atol=1e-9)
     with pytest.raises(InputError, match="no gradient path"):
         encoder(images, trunc_layer=1)
+    # gradient checkpointing recomputes blocks in the backward pass: the same numbers
+    checkpointed = encoder.with_protocol(protocol)
+    checkpointed.gradient_checkpointing = True
+    for trunc_layer, (value, grad) in ((None, (full, grad_full)), (2, (truncated, grad_trunc))):
+        value_ckpt, grad_ckpt = run(trunc_layer, checkpointed)
+        assert torch.equal(value_ckpt, value)
+        torch.testing.assert_close(grad_ckpt, grad, rtol=1e-5, atol=1e-9)
 
 
 def test_clip_timecourses(encoder):
