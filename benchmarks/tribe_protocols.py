@@ -62,6 +62,7 @@ from neuromem.encoders.tribev2 import (
 )
 
 RESULTS = Path(__file__).parent / "results"
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 def with_window_frames(config: dict, frames: int | None) -> dict:
@@ -115,7 +116,6 @@ class PeakMemory:
             self.start = torch.cuda.memory_allocated()
         else:
             gc.collect()
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap pages back first
             with open("/proc/self/clear_refs", "w") as fh:  # resets the high-water mark
                 fh.write("5")
             self.start = _status_kb("VmRSS") * 1024
@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = args.device
     kind = "gpu" if device.startswith("cuda") else "cpu"
+    if kind == "cpu":
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024)
     tag = "_real" if args.real_size else "_weights" if args.weights else ""
     frames_tag = f"_f{args.window_frames}" if args.window_frames else ""
     ckpt_tag = "_ckpt" if args.checkpoint else ""
