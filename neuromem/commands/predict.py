@@ -5,9 +5,14 @@ converted, see :mod:`neuromem.data.decode`) and run through the encoder on its o
 size. Files that cannot be used (missing, not an image, truncated, too large) get one error
 line each on stderr; the others are still processed, and the exit code is then 1.
 
+An encoder that reads videos (TRIBE v2) presents each image by a still-image protocol
+(``--protocol``: ``paper``, the default, ``static`` or ``fast``; see the README section "How
+TRIBE v2 sees a still image"); encoders that see an image as one image (the CLIP probe) take
+no protocol, and asking them for one is an error.
+
 Output: a table with one row per ROI and one column per image, or with ``--json`` one JSON
-object per line and image, ``{"image": PATH, "encoder": SPEC, "trained": BOOL,
-"rois": {"FFA": float, ...}}``.
+object per line and image, ``{"image": PATH, "encoder": SPEC, "protocol": NAME or null,
+"trained": BOOL, "rois": {"FFA": float, ...}}``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "clip-probe:tiny, ... (default: %(default)s)",
     )
     parser.add_argument(
+        "--protocol",
+        default=None,
+        metavar="NAME",
+        help="still-image protocol of encoders that read videos: paper, static or fast for "
+        "tribev2 (default: the encoder's own, paper for tribev2; none for clip-probe)",
+    )
+    parser.add_argument(
         "--rois",
         default="default",
         metavar="SET",
@@ -55,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from neuromem.cortex.reduce import RoiReducer
     from neuromem.cortex.rois import load_roi_set
     from neuromem.encoders import load_encoder
+    from neuromem.encoders.registry import resolve_protocol
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    protocol = resolve_protocol(args.encoder, args.protocol)  # before any weights load
     roi_set = load_roi_set(args.rois)
     reducer = RoiReducer(roi_set)
-    encoder = load_encoder(args.encoder, device=device)
+    encoder = load_encoder(args.encoder, device=device, protocol=protocol)
     if not encoder.trained and args.json:  # the table states it in its header
         print(
             f"note: encoder {encoder.spec!r} is untrained (seeded random weights): "
@@ -83,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         for name, _, rois_r in results:
             rois = {roi: float(value) for roi, value in zip(reducer.names, rois_r, strict=True)}
-            record = {"image": name, "encoder": encoder.spec, "trained": encoder.trained, "rois": rois}
+            record = {"image": name, "encoder": encoder.spec, "protocol": encoder.protocol,
+                      "trained": encoder.trained, "rois": rois}
             print(json.dumps(record))
     elif results:
-        print(format_table(reducer.names, results, encoder.spec, encoder.trained))
+        print(format_table(reducer.names, results, encoder.spec, encoder.trained, encoder.protocol))
     if args.plot and results:
         for path in plot_maps(Path(args.plot), results, roi_set, encoder.spec):
             print(f"wrote {path}", file=sys.stderr)
@@ -103,14 +118,19 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def format_table(
-    roi_names: list[str], results: list[tuple[str, np.ndarray, np.ndarray]], spec: str, trained: bool
+    roi_names: list[str],
+    results: list[tuple[str, np.ndarray, np.ndarray]],
+    spec: str,
+    trained: bool,
+    protocol: str | None = None,
 ) -> str:
     """One row per ROI, one column per image (headed by its file name)."""
     headers = [Path(name).name for name, _, _ in results]
     widths = [max(10, len(h)) for h in headers]
     roi_width = max(3, *(len(r) for r in roi_names))
+    shown = f", protocol {protocol}" if protocol else ""
     note = "" if trained else "  (UNTRAINED: seeded random weights, numbers mean nothing)"
-    lines = [f"encoder: {spec}{note}"]
+    lines = [f"encoder: {spec}{shown}{note}"]
     lines.append("  ".join([f"{'ROI':<{roi_width}}", *(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True))]))
     for r, roi in enumerate(roi_names):
         values = (f"{rois_r[r]:>{w}.4f}" for (_, _, rois_r), w in zip(results, widths, strict=True))

@@ -47,7 +47,11 @@ class BrainEncoder(torch.nn.Module, ABC):
     input_size : int
         Side, in pixels, of the square the backbone sees.
     clip_frames : int
-        Frames per clip: a still image is shown as a static clip of this many frames.
+        Frames to decode per video clip for :meth:`forward_clips`.
+    protocols : tuple of str
+        The still-image protocols the encoder offers (empty: an image is seen as one image).
+    protocol : str or None
+        The protocol :meth:`forward` uses (None when the encoder has none).
     """
 
     spec: str
@@ -56,6 +60,8 @@ class BrainEncoder(torch.nn.Module, ABC):
     n_layers: int
     input_size: int
     clip_frames: int
+    protocols: tuple[str, ...] = ()
+    protocol: str | None = None
 
     @abstractmethod
     def forward(
@@ -122,8 +128,9 @@ class BrainEncoder(torch.nn.Module, ABC):
         Returns
         -------
         dict
-            ``spec``, ``kind``, ``weights_sha256`` (over the weight files, or over the state
-            dict when the weights are seeded-random), ``weight_files``, ``trained``, ``config``.
+            ``spec``, ``kind``, ``protocol`` (None for encoders without still-image
+            protocols), ``weights_sha256`` (over the weight files, or over the state dict when
+            the weights are seeded-random), ``weight_files``, ``trained``, ``config``.
         """
         files = self.weight_files()
         if "_weights_sha256" not in self.__dict__:
@@ -133,6 +140,7 @@ class BrainEncoder(torch.nn.Module, ABC):
         return {
             "spec": self.spec,
             "kind": self.kind,
+            "protocol": self.protocol,
             "weights_sha256": self._weights_sha256,
             "weight_files": [str(p) for p in files],
             "trained": self.trained,

@@ -1,4 +1,4 @@
-"""TRIBE v2 encoder: V-JEPA2 video backbone + the TRIBE v2 fMRI head, images or clips in.
+"""TRIBE v2 encoder: V-JEPA2 video backbone + the TRIBE v2 fMRI head, as upstream runs them.
 
 Weights
 -------
@@ -8,62 +8,92 @@ Weights
   keys prefixed ``model.``) and ``model_build_args`` (``feature_dims``: modality →
   ``(n_layer_groups, dim)`` or None, ``n_outputs``, ``n_output_timesteps``);
 - ``config.yaml``: the experiment config; read here: ``brain_model_config`` (head
-  architecture), ``data.video_feature.image.model_name`` (backbone: hub id or local folder),
-  the layer selection (``data.layers_to_use`` / ``data.n_layers_to_use`` /
-  ``data.video_feature.image.layers``, ``data.layer_aggregation``,
-  ``data.video_feature.image.cache_n_layers``), the feature rate ``data.frequency`` and the
-  fMRI rate ``data.neuro.frequency``.
+  architecture), ``data.video_feature`` (backbone ``image.model_name``, ``clip_duration``,
+  ``num_frames``, ``image.token_aggregation``), the layer selection (``data.layers_to_use`` /
+  ``data.n_layers_to_use`` / ``data.video_feature.image.layers``, ``data.layer_aggregation``,
+  ``data.video_feature.image.cache_n_layers``), the feature rate ``data.frequency``, the fMRI
+  rate ``data.neuro.frequency`` and the segment length ``data.duration_trs``.
 
-Backbone layers
----------------
-The head reads ``L`` *layer groups*: each group is the mean, over some backbone hidden states
-(index 0 = patch embeddings, ``i`` = output of block ``i``), of the token-averaged states,
-selected from relative depths as upstream does (``group_mean``: with depths ``[0.5, 0.75, 1]``
-and 41 hidden states, the groups are states 20-29 and 30-40).
+Video features (upstream's ``HuggingFaceVideo`` with the released settings)
+---------------------------------------------------------------------------
+At every step of the feature rate (2 Hz) a clip of ``num_frames`` (64) frames spread over the
+preceding ``clip_duration`` (4 s) goes through the V-JEPA2 encoder; which frames, see
+:mod:`neuromem.encoders.tribe_video`. The frames are preprocessed as transformers'
+V-JEPA2 video processor does (:class:`~neuromem.encoders.preprocessing.VideoPreprocessing`,
+settings read from the processor saved with the backbone). Upstream's guard against NaNs on
+uniform frames (neuralset's ``_fix_pixel_values``) replaces NaNs in ``pixel_values``; the
+V-JEPA2 processor returns ``pixel_values_videos`` and normalises with a fixed mean and std, so
+upstream never applies it and uniform (grey) frames give finite values here as there. Each
+hidden state (index 0 = patch embeddings, ``i`` = output of block ``i``) is token-aggregated
+(``token_aggregation``, mean), then the head's ``L`` *layer groups* are the means of the states
+between the selected relative depths (``group_mean``: with depths ``[0.5, 0.75, 1]`` and 41
+hidden states, states 20-29 and 30-40).
 
-Stills and clips
-----------------
-A still image is shown as a static clip of ``clip_frames = 2`` identical frames: V-JEPA2 embeds
-time in tubelets of 2 frames, so 2 frames is the smallest clip it encodes, and a static image
-has no motion for more frames to capture; more frames only add tokens with the same content at
-other temporal positions, at a cost linear in the frame count (``clip_frames`` can be raised).
-A clip of any length is encoded once (an odd last frame is dropped by the tubelet embedding).
-Its features are then held constant for ``present_seconds = 3`` s (NSD shows each image for
-3 s) at the feature rate (2 Hz → 6 steps); the head's outputs, pooled to the fMRI rate (1 Hz →
-3 steps), are averaged. Upstream trained the head against fMRI shifted by 5 s (``neuro.offset``),
-so output step ``t`` is already the haemodynamic response to the stimulus at ``t``: no further
-shift is applied, and averaging the steps of the presentation gives the response to the still.
+The head, as upstream's inference runs it
+-----------------------------------------
+Upstream (``TribeModel.predict``) cuts the stimulus timeline into segments of
+``duration_trs`` fMRI steps (100 s), fills each with the feature steps of the stimulus and
+zeros after its end, runs the head on every segment and keeps the fMRI steps the stimulus
+overlaps (``ceil(D)`` for ``D`` s). The head was trained on fMRI shifted by 5 s
+(``neuro.offset``), so output step ``t`` is already the haemodynamic response to the stimulus
+at ``t``. The head runs in the head's dtype here (upstream's demo casts it to float16).
+
+Stills, clips and files
+-----------------------
+- :meth:`TribeV2Encoder.forward`: still images, presented by the encoder's protocol
+  (``paper``, ``static``, ``fast``; :mod:`neuromem.encoders.tribe_protocols`).
+- :meth:`TribeV2Encoder.forward_timecourse` / :meth:`~TribeV2Encoder.forward_clips`: clips of
+  consecutive frames at a given frame rate → the response time course / its mean over the
+  presentation.
+- :meth:`TribeV2Encoder.read_video` + :meth:`~TribeV2Encoder.video_timecourse`: a video file,
+  with upstream's frame timing and uint8 preprocessing.
+
+Identical windows are computed once; windows made only of the grey frame are computed once per
+encoder instance (and device, dtype and autocast setting); each frame is preprocessed once.
 
 Gradient truncation
 -------------------
 ``trunc_layer=k``: hidden states deeper than ``k`` enter the head *detached*: their values are
 unchanged but carry no gradient, so the gradient reaches the pixels only through blocks
-``1..k``. The deeper blocks still run with autograd like the untruncated pass (under ``no_grad``
-the attention kernels may differ and change the value in the last bits); their graph is freed
-when the pass ends. ``k`` below the shallowest state the head reads leaves no gradient path and
-raises :class:`InputError`.
+``1..k``. The deeper blocks run with autograd like the untruncated pass (under ``no_grad``
+the attention kernels may differ and change the value in the last bits), but each one from a
+detached copy of its input, so only one deep block's graph exists at a time. ``k`` below the
+shallowest state the head reads leaves no gradient path and raises :class:`InputError`.
+``gradient_checkpointing=True`` also recomputes blocks ``1..k`` during the backward pass instead
+of keeping their activations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import copy
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
+from torch.utils.checkpoint import checkpoint
 from transformers import VJEPA2Config, VJEPA2Model
 
 from neuromem.encoders.base import N_VERTICES, BrainEncoder
-from neuromem.encoders.preprocessing import (
-    check_clips,
-    check_images,
-    normalise,
-    resize_center_crop,
-)
+from neuromem.encoders.preprocessing import VideoPreprocessing, check_clips, check_images
 from neuromem.encoders.tribe_head import FmriHead, HeadConfig
+from neuromem.encoders.tribe_protocols import (
+    DEFAULT_PROTOCOL,
+    GREY,
+    PROTOCOLS,
+    StillProtocol,
+)
+from neuromem.encoders.tribe_video import (
+    VideoWindows,
+    output_steps,
+    read_video_windows,
+    window_frame_indices,
+)
 from neuromem.errors import InputError, MissingWeightsError
 
 HUB_REPO = "facebook/tribev2"
@@ -71,8 +101,15 @@ WEIGHT_FILES = ("config.yaml", "best.ckpt")
 DEFAULT_BACKBONE = "facebook/vjepa2-vitg-fpc64-256"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STILL_FRAMES = 2
-PRESENT_SECONDS = 3.0
+#: Frames V-JEPA2 reads per window (upstream's default for the ``vjepa2`` family).
+VJEPA2_FRAMES = 64
+#: Upstream's segment length when the config does not give one (``Data.duration_trs``).
+DEFAULT_SEGMENT_TRS = 40
+#: Clips whose frame rate is not given are taken to span this long (Memento10K, BOLD Moments).
+CLIP_SECONDS = 3.0
+#: Frames a scorer decodes per clip: 3 s at the 16 frames/s the 64-frame, 4-s windows sample.
+CLIP_FRAMES = 48
+TOKEN_AGGREGATIONS = ("mean", "sum", "max", "first", "last")
 TINY_SEED = 0
 
 # A tiny model with the released layout (3 modalities, low-rank head, shared subject row),
@@ -86,10 +123,11 @@ TINY_BACKBONE_CONFIG: dict[str, Any] = {
 TINY_CONFIG: dict[str, Any] = {
     "data": {
         "frequency": 2,
+        "duration_trs": 16,
         "layers_to_use": [0.5, 0.75, 1.0],
         "layer_aggregation": "group_mean",
         "features_to_use": ["text", "audio", "video"],
-        "video_feature": {"image": {"model_name": "tiny"}},
+        "video_feature": {"clip_duration": 4, "image": {"model_name": "tiny"}},
         "neuro": {"frequency": 1, "offset": 5},
     },
     "brain_model_config": {
@@ -107,13 +145,39 @@ TINY_CONFIG: dict[str, Any] = {
 TINY_BUILD_ARGS: dict[str, Any] = {
     "feature_dims": {"text": (2, 16), "audio": (2, 16), "video": (2, 32)},
     "n_outputs": N_VERTICES,
+    "n_output_timesteps": 16,
+}
+
+# The released layout: V-JEPA2 ViT-g (facebook/vjepa2-vitg-fpc64-256) and the facebook/tribev2
+# head (upstream tribev2/grids/defaults.py; text LLaMA-3.2-3B and audio Wav2Vec-BERT widths),
+# for measurements with random weights.
+RELEASED_BACKBONE_CONFIG: dict[str, Any] = {
+    "crop_size": 256, "patch_size": 16, "frames_per_clip": 64, "tubelet_size": 2,
+    "hidden_size": 1408, "num_hidden_layers": 40, "num_attention_heads": 22,
+    "mlp_ratio": 48 / 11,
+}
+RELEASED_CONFIG: dict[str, Any] = {
+    "data": {
+        "frequency": 2,
+        "duration_trs": 100,
+        "layers_to_use": [0.5, 0.75, 1.0],
+        "layer_aggregation": "group_mean",
+        "video_feature": {"clip_duration": 4, "image": {"model_name": DEFAULT_BACKBONE}},
+        "neuro": {"frequency": 1, "offset": 5},
+    },
+    "brain_model_config": {"hidden": 1152, "low_rank_head": 2048, "combiner": None,
+                           "encoder": {"depth": 8}, "subject_layers": {"subject_dropout": 0.1}},
+}
+RELEASED_BUILD_ARGS: dict[str, Any] = {
+    "feature_dims": {"text": (2, 3072), "audio": (2, 1024), "video": (2, 1408)},
+    "n_outputs": N_VERTICES,
     "n_output_timesteps": 100,
 }
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """How backbone hidden states become the head's video features.
+    """How backbone hidden states become the head's video features, and the head's timing.
 
     Attributes
     ----------
@@ -123,12 +187,30 @@ class FeatureSpec:
         Hidden-state indices averaged into each of the ``L`` groups.
     feature_frequency, output_frequency : float
         Head input rate and fMRI output rate, Hz.
+    clip_duration : float or None
+        Span of a feature window, s (None: one feature step).
+    num_frames : int
+        Frames per feature window.
+    token_aggregation : str
+        How a hidden state's tokens become one vector (``mean``, ``sum``, ``max``, ``first``,
+        ``last``).
+    segment_trs : int
+        fMRI steps per head segment (upstream's ``duration_trs``).
     """
 
     backbone: str
     layer_groups: tuple[tuple[int, ...], ...]
     feature_frequency: float
     output_frequency: float
+    clip_duration: float | None = 4.0
+    num_frames: int = VJEPA2_FRAMES
+    token_aggregation: str = "mean"
+    segment_trs: int = DEFAULT_SEGMENT_TRS
+
+    @property
+    def segment_steps(self) -> int:
+        """Feature steps per head segment."""
+        return round(self.segment_trs * self.feature_frequency / self.output_frequency)
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -268,9 +350,26 @@ def head_config(
     )
 
 
-def feature_spec(config: dict[str, Any], n_backbone_layers: int) -> FeatureSpec:
-    """Backbone name, layer groups and rates from ``config.yaml``."""
-    image = _get(config, "data.video_feature.image", {}) or {}
+def feature_spec(
+    config: dict[str, Any], n_backbone_layers: int, n_output_timesteps: int | None = None
+) -> FeatureSpec:
+    """Backbone name, layer groups, window settings and rates from ``config.yaml``.
+
+    Parameters
+    ----------
+    config : dict
+        The nested config (:func:`read_config`).
+    n_backbone_layers : int
+        Blocks of the backbone.
+    n_output_timesteps : int or None
+        The checkpoint's ``n_output_timesteps``: the segment length when the config has no
+        ``data.duration_trs``.
+    """
+    video = _get(config, "data.video_feature", {}) or {}
+    image = video.get("image", {}) or {}
+    if video.get("max_imsize") is not None:
+        raise InputError("TRIBE v2 video option max_imsize is not supported (frames are read at "
+                         "their own size)")
     n_depths = _get(config, "data.n_layers_to_use")
     if n_depths is not None:
         depths = np.linspace(0, 1, int(n_depths)).tolist()
@@ -283,13 +382,24 @@ def feature_spec(config: dict[str, Any], n_backbone_layers: int) -> FeatureSpec:
         _get(config, "data.layer_aggregation", "group_mean"),
         image.get("cache_n_layers"),
     )
+    num_frames = int(video.get("num_frames") or VJEPA2_FRAMES)
+    if not 1 <= num_frames <= VJEPA2_FRAMES:
+        raise InputError(f"num_frames must be in 1..{VJEPA2_FRAMES} for V-JEPA2, got {num_frames}")
+    tokens = image.get("token_aggregation", "mean")
+    if tokens not in TOKEN_AGGREGATIONS:
+        raise InputError(f"token_aggregation {tokens!r} is not supported; one of "
+                         f"{', '.join(TOKEN_AGGREGATIONS)}")
+    clip_duration = video.get("clip_duration")
+    segment_trs = _get(config, "data.duration_trs") or n_output_timesteps or DEFAULT_SEGMENT_TRS
     return FeatureSpec(
         backbone=str(image.get("model_name", DEFAULT_BACKBONE)),
         layer_groups=groups,
-        feature_frequency=float(
-            _get(config, "data.frequency") or _get(config, "data.video_feature.frequency", 2)
-        ),
+        feature_frequency=float(_get(config, "data.frequency") or video.get("frequency", 2)),
         output_frequency=float(_get(config, "data.neuro.frequency", 1)),
+        clip_duration=None if clip_duration is None else float(clip_duration),
+        num_frames=num_frames,
+        token_aggregation=str(tokens),
+        segment_trs=int(segment_trs),
     )
 
 
@@ -303,20 +413,27 @@ class TribeV2Encoder(BrainEncoder):
     head : FmriHead
         The fMRI head with loaded weights.
     features : FeatureSpec
-        Layer groups and rates.
+        Layer groups, windows and rates.
     spec : str
         The spec the encoder was loaded from.
     trained : bool
         Whether the weights are trained.
     files : list of Path
         Weight files read.
-    clip_frames : int
-        Frames of the static clip a still becomes.
-    present_seconds : float
-        Duration for which a still (or a clip's features) is presented to the head.
+    protocol : str or StillProtocol
+        How :meth:`forward` presents a still image (``paper``, ``static``, ``fast``).
+    preprocessing : VideoPreprocessing or None
+        The backbone's video processor; None: V-JEPA2's defaults for its crop size.
+    window_batch : int
+        Windows per backbone call (bounds memory; results do not depend on it).
+    gradient_checkpointing : bool
+        With a gradient path, keep only each block's input and recompute the block during the
+        backward pass: the memory of a 64-frame ViT-g window falls from tens of GB to a few, for
+        about one more forward pass. Values and gradients are unchanged.
     """
 
     kind = "tribev2"
+    protocols = PROTOCOLS
 
     def __init__(
         self,
@@ -327,8 +444,10 @@ class TribeV2Encoder(BrainEncoder):
         spec: str,
         trained: bool,
         files: list[Path],
-        clip_frames: int = STILL_FRAMES,
-        present_seconds: float = PRESENT_SECONDS,
+        protocol: str | StillProtocol = DEFAULT_PROTOCOL,
+        preprocessing: VideoPreprocessing | None = None,
+        window_batch: int = 8,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         dims = head.config.feature_dims.get("video")
@@ -340,6 +459,17 @@ class TribeV2Encoder(BrainEncoder):
             )
         if head.config.n_outputs != N_VERTICES:
             raise InputError(f"TRIBE v2 head has {head.config.n_outputs} outputs, not {N_VERTICES}")
+        if features.segment_steps > head.config.max_seq_len:
+            raise InputError(
+                f"segments of {features.segment_steps} feature steps exceed the head's "
+                f"max_seq_len {head.config.max_seq_len}"
+            )
+        crop = int(backbone_config.crop_size)
+        self.preprocessing = preprocessing or VideoPreprocessing(
+            int(crop * 256 / 224), crop, IMAGENET_MEAN, IMAGENET_STD)
+        if self.preprocessing.crop_size != crop:
+            raise InputError(f"video processor crops {self.preprocessing.crop_size} pixels, the "
+                             f"backbone reads {crop}")
         self.backbone = backbone.encoder
         self.backbone_config = backbone_config
         self.head = head
@@ -348,25 +478,45 @@ class TribeV2Encoder(BrainEncoder):
         self.trained = trained
         self._files = list(files)
         self.n_layers = backbone_config.num_hidden_layers
-        self.input_size = int(backbone_config.crop_size)
-        self.resize_size = int(self.input_size * 256 / 224)
-        self.clip_frames = int(clip_frames)
-        self.present_seconds = float(present_seconds)
-        self.n_steps = max(1, round(present_seconds * features.feature_frequency))
-        self.n_output_steps = max(1, round(present_seconds * features.output_frequency))
+        self.input_size = crop
+        self.clip_frames = CLIP_FRAMES
+        self.window_batch = int(window_batch)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._window_cache: dict[Hashable, torch.Tensor] = {}
+        self._set_protocol(protocol)
+
+    def _set_protocol(self, protocol: str | StillProtocol) -> None:
+        self.still_protocol = (protocol if isinstance(protocol, StillProtocol)
+                               else StillProtocol(protocol))
+        self.protocol = self.still_protocol.name
+        spec = self.features_spec
+        self.still_plan = self.still_protocol.plan(
+            spec.feature_frequency, spec.clip_duration, spec.num_frames, spec.output_frequency)
+
+    def with_protocol(self, protocol: str | StillProtocol) -> TribeV2Encoder:
+        """The same encoder, sharing its weights and window cache, with another protocol."""
+        other = copy.copy(self)
+        other._set_protocol(protocol)
+        return other
 
     def config(self) -> dict[str, Any]:
+        spec = self.features_spec
         return {
-            "backbone": self.features_spec.backbone,
+            "backbone": spec.backbone,
             "backbone_layers": self.n_layers,
             "backbone_hidden": self.backbone_config.hidden_size,
-            "layer_groups": [list(g) for g in self.features_spec.layer_groups],
+            "layer_groups": [list(g) for g in spec.layer_groups],
+            "token_aggregation": spec.token_aggregation,
+            "feature_frequency": spec.feature_frequency,
+            "output_frequency": spec.output_frequency,
+            "window_seconds": spec.clip_duration,
+            "window_frames": spec.num_frames,
+            "segment_trs": spec.segment_trs,
+            "preprocessing": {**asdict(self.preprocessing),
+                              "interpolation": self.preprocessing.interpolation.value},
             "input_size": self.input_size,
-            "resize_size": self.resize_size,
             "clip_frames": self.clip_frames,
-            "present_seconds": self.present_seconds,
-            "feature_steps": self.n_steps,
-            "output_steps": self.n_output_steps,
+            "protocol": self.still_protocol.to_dict(),
             "head": {
                 "hidden": self.head.config.hidden,
                 "depth": self.head.config.depth,
@@ -382,24 +532,159 @@ class TribeV2Encoder(BrainEncoder):
         return list(self._files)
 
     def forward(self, images_b3hw: torch.Tensor, trunc_layer: int | None = None) -> torch.Tensor:
-        """Responses to stills, each shown as a static clip of ``clip_frames`` frames."""
+        """Responses to stills, each presented by the encoder's protocol, ``(B, 20484)``."""
         check_images(images_b3hw)
-        clips_bt3hw = images_b3hw[:, None].expand(-1, self.clip_frames, -1, -1, -1)
-        return self.forward_clips(clips_bt3hw, trunc_layer)
+        plan = self.still_plan
+        frames_bu3ss = self.preprocessing(images_b3hw)[:, None]
+        constant: dict[int, Hashable] = {}
+        if plan.uses_grey:
+            level = self.still_protocol.grey_level
+            grey = torch.full((1, 3, self.input_size, self.input_size), level, dtype=torch.uint8)
+            grey_u3ss = self.preprocessing(grey).to(frames_bu3ss.device)
+            frames_bu3ss = torch.cat(
+                [frames_bu3ss, grey_u3ss[None].expand(len(images_b3hw), -1, -1, -1, -1)], dim=1)
+            constant[GREY] = ("grey", level)
+        features_bngd = self._window_features(frames_bu3ss, plan.rows, trunc_layer, constant)
+        responses_btv = self._head_timecourse(features_bngd)
+        return responses_btv[:, plan.read].mean(dim=1).float()
+
+    def forward_timecourse(
+        self,
+        clips_bt3hw: torch.Tensor,
+        trunc_layer: int | None = None,
+        fps: float | None = None,
+    ) -> torch.Tensor:
+        """Response time course to clips of consecutive frames, ``(B, T_out, 20484)``.
+
+        Parameters
+        ----------
+        clips_bt3hw : torch.Tensor
+            Float clips in ``[0, 1]``, ``(B, T, 3, H, W)``; frame ``i`` is shown from ``i / fps``
+            to ``(i + 1) / fps``.
+        trunc_layer : int or None
+            Gradient truncation depth.
+        fps : float or None
+            Frame rate; None: the frames span :data:`CLIP_SECONDS` (3 s).
+
+        Returns
+        -------
+        torch.Tensor
+            float32, one row per fMRI step the clip overlaps (``T_out = ceil(T / fps)`` at 1 Hz).
+        """
+        check_clips(clips_bt3hw)
+        n_clips, n_frames = clips_bt3hw.shape[:2]
+        fps = float(fps) if fps is not None else n_frames / CLIP_SECONDS
+        duration = n_frames / fps
+        spec = self.features_spec
+        indices_nf = window_frame_indices(n_frames, fps, duration, spec.feature_frequency,
+                                          spec.clip_duration, spec.num_frames)
+        used, rows_nf = np.unique(indices_nf, return_inverse=True)
+        selected = clips_bt3hw[:, torch.as_tensor(used, device=clips_bt3hw.device)]
+        frames_bu3ss = self.preprocessing(selected.flatten(0, 1)).unflatten(0, (n_clips, len(used)))
+        features_bngd = self._window_features(frames_bu3ss, rows_nf.reshape(indices_nf.shape),
+                                              trunc_layer)
+        n_out = output_steps(duration, spec.output_frequency)
+        return self._head_timecourse(features_bngd)[:, :n_out].float()
 
     def forward_clips(
-        self, clips_bt3hw: torch.Tensor, trunc_layer: int | None = None
+        self,
+        clips_bt3hw: torch.Tensor,
+        trunc_layer: int | None = None,
+        fps: float | None = None,
     ) -> torch.Tensor:
-        check_clips(clips_bt3hw)
-        video_bld = self.layer_features(clips_bt3hw, trunc_layer)
-        video_bldt = video_bld[..., None].expand(-1, -1, -1, self.n_steps)
-        responses_bvt = self.head({"video": video_bldt}, self.n_output_steps)
-        return responses_bvt.mean(dim=-1).float()
+        """Mean response over the presentation of each clip, ``(B, 20484)``.
 
-    def layer_features(
-        self, clips_bt3hw: torch.Tensor, trunc_layer: int | None = None
+        The mean over time of :meth:`forward_timecourse` (same arguments).
+        """
+        return self.forward_timecourse(clips_bt3hw, trunc_layer, fps).mean(dim=1)
+
+    def read_video(self, payload: bytes) -> VideoWindows:
+        """Decode the frames a video file's windows use, resized and cropped (uint8 ``(3, S, S)``).
+
+        The frames and windows are upstream's (:func:`~neuromem.encoders.tribe_video.read_video_windows`).
+        """
+        spec = self.features_spec
+        return read_video_windows(payload, spec.feature_frequency, spec.clip_duration,
+                                  spec.num_frames, transform=self._resize_crop_frame)
+
+    def video_features(self, video: VideoWindows, trunc_layer: int | None = None) -> torch.Tensor:
+        """Video features of a decoded video, ``(N, L, D)``: what upstream's extractor returns."""
+        frames_u3ss = self.preprocessing.normalise(torch.stack(video.frames))
+        device = next(self.backbone.parameters()).device
+        return self._window_features(frames_u3ss[None].to(device), video.rows, trunc_layer)[0]
+
+    def video_timecourse(self, video: VideoWindows, trunc_layer: int | None = None) -> torch.Tensor:
+        """Response time course to a decoded video, ``(T_out, 20484)`` float32.
+
+        One row per fMRI step the video overlaps (``ceil(duration)`` at 1 Hz), as upstream's
+        ``TribeModel.predict`` returns them.
+        """
+        features_ngd = self.video_features(video, trunc_layer)
+        n_out = output_steps(video.duration, self.features_spec.output_frequency)
+        return self._head_timecourse(features_ngd[None])[0, :n_out].float()
+
+    def _resize_crop_frame(self, pixels_hw3: np.ndarray) -> torch.Tensor:
+        frame_13hw = torch.from_numpy(np.ascontiguousarray(pixels_hw3)).permute(2, 0, 1)[None]
+        return self.preprocessing.resize_crop(frame_13hw)[0]
+
+    def _window_features(
+        self,
+        frames_bu3ss: torch.Tensor,
+        rows_nf: np.ndarray,
+        trunc_layer: int | None,
+        constant: dict[int, Hashable] | None = None,
     ) -> torch.Tensor:
-        """Token-averaged backbone features per layer group, ``(B, L, D)`` (truncation applied)."""
+        """Features of every window, ``(B, N, L, D)``; each distinct window computed once.
+
+        Parameters
+        ----------
+        frames_bu3ss : torch.Tensor
+            Preprocessed frames of each batch item, ``(B, U, 3, S, S)``.
+        rows_nf : numpy.ndarray
+            int ``(N, F)``: frame ``j`` of window ``k`` is ``frames_bu3ss[:, rows_nf[k, j]]``.
+        trunc_layer : int or None
+            Gradient truncation depth.
+        constant : dict or None
+            Frames that are the same for every batch item and every call, with a key naming
+            their content: windows made only of them are computed once per encoder instance.
+        """
+        constant = constant or {}
+        n_items = frames_bu3ss.shape[0]
+        unique_wf, inverse_n = np.unique(np.asarray(rows_nf), axis=0, return_inverse=True)
+        per_window: list[torch.Tensor | None] = [None] * len(unique_wf)
+        varying = []
+        for w, row in enumerate(unique_wf):
+            if all(int(i) in constant for i in row):
+                key = (tuple(constant[int(i)] for i in row), *self._cache_context(frames_bu3ss.device))
+                if key not in self._window_cache:
+                    with torch.no_grad():
+                        self._window_cache[key] = self._pool_windows(frames_bu3ss[:1, row], None)[0]
+                per_window[w] = self._window_cache[key].expand(n_items, -1, -1)
+            else:
+                varying.append(w)
+        if varying:
+            pairs = [(b, w) for b in range(n_items) for w in varying]
+            pooled = []
+            for start in range(0, len(pairs), self.window_batch):
+                chunk = pairs[start : start + self.window_batch]
+                items = torch.as_tensor([b for b, _ in chunk], device=frames_bu3ss.device)
+                rows = torch.as_tensor(np.stack([unique_wf[w] for _, w in chunk]),
+                                       device=frames_bu3ss.device)
+                pooled.append(self._pool_windows(frames_bu3ss[items[:, None], rows], trunc_layer))
+            pooled_bvgd = torch.cat(pooled).unflatten(0, (n_items, len(varying)))
+            for v, w in enumerate(varying):
+                per_window[w] = pooled_bvgd[:, v]
+        stacked_bwgd = torch.stack(per_window, dim=1)
+        return stacked_bwgd[:, torch.as_tensor(inverse_n.reshape(-1), device=stacked_bwgd.device)]
+
+    def _cache_context(self, device: torch.device) -> tuple[Hashable, ...]:
+        """What a cached window's value depends on besides its frames."""
+        autocast = torch.is_autocast_enabled(device.type)
+        return (str(device), next(self.backbone.parameters()).dtype, autocast,
+                torch.get_autocast_dtype(device.type) if autocast else None)
+
+    def _pool_windows(self, pixels_wf3ss: torch.Tensor, trunc_layer: int | None) -> torch.Tensor:
+        """Token-aggregated hidden states averaged into layer groups, ``(W, L, D)`` float32."""
         depth = self.check_trunc_layer(trunc_layer)
         wanted = {i for group in self.features_spec.layer_groups for i in group}
         if depth < min(wanted):
@@ -407,27 +692,57 @@ class TribeV2Encoder(BrainEncoder):
                 f"trunc_layer={depth} leaves no gradient path: the head reads backbone states "
                 f"{min(wanted)}..{max(wanted)}; use trunc_layer >= {min(wanted)}"
             )
-        n_clips, n_frames = clips_bt3hw.shape[:2]
-        frames_n3hw = clips_bt3hw.reshape(n_clips * n_frames, *clips_bt3hw.shape[2:])
-        frames_n3hw = normalise(
-            resize_center_crop(frames_n3hw, self.input_size, self.resize_size),
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-        )
-        pixels_bt3hw = frames_n3hw.reshape(n_clips, n_frames, *frames_n3hw.shape[1:])
-        hidden = self.backbone.embeddings(pixels_bt3hw)
-        pooled = {0: hidden.mean(dim=1)} if 0 in wanted else {}
+        dtype = next(self.backbone.parameters()).dtype
+        hidden = self.backbone.embeddings(pixels_wf3ss.to(dtype))
+        pooled = {0: self._aggregate_tokens(hidden)} if 0 in wanted else {}
         for index, block in enumerate(self.backbone.layer, start=1):
             if index > max(wanted):
                 break
-            hidden = block(hidden, None)[0]
+            if index > depth and hidden.requires_grad:
+                hidden = hidden.detach().requires_grad_(True)
+            if self.gradient_checkpointing and index <= depth and hidden.requires_grad:
+                hidden = checkpoint(_block_output, block, hidden, use_reentrant=False)
+            else:
+                hidden = _block_output(block, hidden)
             if index in wanted:
-                pooled[index] = hidden.mean(dim=1) if index <= depth else hidden.mean(dim=1).detach()
+                state = self._aggregate_tokens(hidden)
+                pooled[index] = state if index <= depth else state.detach()
         groups = [
             torch.stack([pooled[i] for i in group]).mean(dim=0)
             for group in self.features_spec.layer_groups
         ]
         return torch.stack(groups, dim=1)
+
+    def _aggregate_tokens(self, hidden_btd: torch.Tensor) -> torch.Tensor:
+        method = self.features_spec.token_aggregation
+        if method == "mean":
+            pooled = hidden_btd.mean(dim=1)
+        elif method == "sum":
+            pooled = hidden_btd.sum(dim=1)
+        elif method == "max":
+            pooled = hidden_btd.amax(dim=1)
+        else:
+            pooled = hidden_btd[:, 0 if method == "first" else -1]
+        return pooled.float()
+
+    def _head_timecourse(self, features_bngd: torch.Tensor) -> torch.Tensor:
+        """Head outputs over whole segments, ``(B, n_segments · segment_trs, 20484)``.
+
+        The ``N`` feature steps fill consecutive segments of ``segment_steps`` steps, the last
+        one padded with zeros, as upstream's segments are past the end of a stimulus.
+        """
+        spec = self.features_spec
+        n_items, n_steps = features_bngd.shape[:2]
+        n_segments = math.ceil(n_steps / spec.segment_steps)
+        padding = n_segments * spec.segment_steps - n_steps
+        padded = F.pad(features_bngd, (0, 0, 0, 0, 0, padding))
+        segments_sgdt = padded.unflatten(1, (n_segments, spec.segment_steps)).flatten(0, 1)
+        outputs_svt = self.head({"video": segments_sgdt.permute(0, 2, 3, 1)}, spec.segment_trs)
+        return outputs_svt.permute(0, 2, 1).reshape(n_items, n_segments * spec.segment_trs, -1)
+
+
+def _block_output(block: torch.nn.Module, hidden_btd: torch.Tensor) -> torch.Tensor:
+    return block(hidden_btd, None)[0]
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -472,6 +787,22 @@ def load_backbone(name: str) -> tuple[VJEPA2Model, list[Path]]:
     return model.eval(), sorted(folder.glob("*.safetensors"))
 
 
+def load_video_preprocessing(name: str, crop_size: int) -> VideoPreprocessing:
+    """The video processor saved with a backbone (folder or hub id), as upstream loads it.
+
+    Upstream calls ``AutoVideoProcessor.from_pretrained(model_name, do_rescale=True)``. A
+    backbone saved without a processor gets transformers' V-JEPA2 defaults for its crop size
+    (those of the released ``facebook/vjepa2-vitg-fpc64-256``).
+    """
+    from transformers import AutoVideoProcessor, VJEPA2VideoProcessor
+
+    try:
+        processor = AutoVideoProcessor.from_pretrained(name, do_rescale=True)
+    except (OSError, ValueError):
+        processor = VJEPA2VideoProcessor(crop_size=crop_size)
+    return VideoPreprocessing.from_processor(processor)
+
+
 def _hub_snapshot(repo: str) -> Path:
     from huggingface_hub import hf_hub_download
 
@@ -494,22 +825,25 @@ def _hub_files(repo: str, filenames: Sequence[str]) -> list[Path]:
 
 
 def load_tribev2_files(
-    config_path: Path, ckpt_path: Path, spec: str, backbone: VJEPA2Model | None = None
+    config_path: Path, ckpt_path: Path, spec: str, protocol: str | StillProtocol = DEFAULT_PROTOCOL
 ) -> TribeV2Encoder:
     """Encoder from a ``config.yaml`` and ``best.ckpt`` (backbone named in the config)."""
     config = read_config(config_path)
     state, build_args = load_checkpoint(ckpt_path)
     head = build_head(config, state, build_args)
-    files = [ckpt_path]
-    if backbone is None:
-        name = str(_get(config, "data.video_feature.image.model_name", DEFAULT_BACKBONE))
-        backbone, backbone_files = load_backbone(name)
-        files += backbone_files
-    features = feature_spec(config, backbone.config.num_hidden_layers)
-    return TribeV2Encoder(backbone, head, features, spec=spec, trained=True, files=files)
+    name = str(_get(config, "data.video_feature.image.model_name", DEFAULT_BACKBONE))
+    backbone, backbone_files = load_backbone(name)
+    preprocessing = load_video_preprocessing(name, int(backbone.config.crop_size))
+    features = feature_spec(config, backbone.config.num_hidden_layers,
+                            build_args.get("n_output_timesteps"))
+    return TribeV2Encoder(backbone, head, features, spec=spec, trained=True,
+                          files=[ckpt_path, *backbone_files], protocol=protocol,
+                          preprocessing=preprocessing)
 
 
-def load_tribev2_folder(folder: str | Path, spec: str | None = None) -> TribeV2Encoder:
+def load_tribev2_folder(
+    folder: str | Path, spec: str | None = None, protocol: str | StillProtocol = DEFAULT_PROTOCOL
+) -> TribeV2Encoder:
     """Encoder from a local folder holding ``config.yaml`` and ``best.ckpt``."""
     folder = Path(folder)
     paths = [folder / name for name in WEIGHT_FILES]
@@ -519,25 +853,33 @@ def load_tribev2_folder(folder: str | Path, spec: str | None = None) -> TribeV2E
             f"TRIBE v2 folder {str(folder)!r} lacks {', '.join(missing)}; expected "
             f"{' and '.join(WEIGHT_FILES)} as released in {HUB_REPO!r}."
         )
-    return load_tribev2_files(*paths, spec=spec or f"tribev2:{folder}")
+    return load_tribev2_files(*paths, spec=spec or f"tribev2:{folder}", protocol=protocol)
 
 
-def load_tribev2_hub(repo: str = HUB_REPO, spec: str = "tribev2") -> TribeV2Encoder:
+def load_tribev2_hub(
+    repo: str = HUB_REPO, spec: str = "tribev2", protocol: str = DEFAULT_PROTOCOL
+) -> TribeV2Encoder:
     """Encoder from the hub (the local Hugging Face cache when offline)."""
     config_path, ckpt_path = _hub_files(repo, WEIGHT_FILES)
-    return load_tribev2_files(config_path, ckpt_path, spec=spec)
+    return load_tribev2_files(config_path, ckpt_path, spec=spec, protocol=protocol)
 
 
-def build_tiny_backbone(seed: int = TINY_SEED) -> VJEPA2Model:
-    """Seeded-random tiny V-JEPA2 (``TINY_BACKBONE_CONFIG``)."""
+def random_backbone(backbone_config: dict[str, Any], seed: int = TINY_SEED) -> VJEPA2Model:
+    """Seeded-random V-JEPA2 of the given ``VJEPA2Config`` settings."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return VJEPA2Model(VJEPA2Config(**TINY_BACKBONE_CONFIG)).eval()
+        return VJEPA2Model(VJEPA2Config(**backbone_config)).eval()
 
 
-def build_tiny_head(seed: int = TINY_SEED) -> FmriHead:
-    """Seeded-random head in the ``TINY_CONFIG`` / ``TINY_BUILD_ARGS`` layout (1 subject row)."""
-    head = FmriHead(head_config(TINY_CONFIG, TINY_BUILD_ARGS, n_subject_rows=1))
+def random_head(
+    config: dict[str, Any], build_args: dict[str, Any], seed: int = TINY_SEED
+) -> FmriHead:
+    """Seeded-random head of a config / build-args layout (one subject row).
+
+    Every weight, the subject read-out included, gets random values: a read-out left at
+    upstream's initial zeros makes every output and gradient exactly 0.
+    """
+    head = FmriHead(head_config(config, build_args, n_subject_rows=1))
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in head.named_parameters():
@@ -548,10 +890,26 @@ def build_tiny_head(seed: int = TINY_SEED) -> FmriHead:
     return head.eval()
 
 
-def build_tiny_tribev2(seed: int = TINY_SEED, spec: str = "tribev2:tiny") -> TribeV2Encoder:
+def build_random_tribev2(
+    backbone_config: dict[str, Any],
+    config: dict[str, Any],
+    build_args: dict[str, Any],
+    *,
+    spec: str,
+    seed: int = TINY_SEED,
+    protocol: str | StillProtocol = DEFAULT_PROTOCOL,
+) -> TribeV2Encoder:
+    """An untrained encoder of any layout, seeded-random (tests, cost measurements)."""
+    backbone = random_backbone(backbone_config, seed)
+    features = feature_spec(config, backbone.config.num_hidden_layers,
+                            build_args.get("n_output_timesteps"))
+    return TribeV2Encoder(backbone, random_head(config, build_args, seed), features, spec=spec,
+                          trained=False, files=[], protocol=protocol)
+
+
+def build_tiny_tribev2(
+    seed: int = TINY_SEED, spec: str = "tribev2:tiny", protocol: str = DEFAULT_PROTOCOL
+) -> TribeV2Encoder:
     """The offline test encoder: tiny V-JEPA2 + tiny head, seeded-random, untrained."""
-    backbone = build_tiny_backbone(seed)
-    features = feature_spec(TINY_CONFIG, backbone.config.num_hidden_layers)
-    return TribeV2Encoder(
-        backbone, build_tiny_head(seed), features, spec=spec, trained=False, files=[]
-    )
+    return build_random_tribev2(TINY_BACKBONE_CONFIG, TINY_CONFIG, TINY_BUILD_ARGS, spec=spec,
+                                seed=seed, protocol=protocol)

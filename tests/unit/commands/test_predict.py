@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from neuromem.cli import main
@@ -55,6 +56,7 @@ def test_json_output_and_bad_files(files, capsys):
     records = [json.loads(line) for line in captured.out.splitlines()]
     assert [r["image"] for r in records] == [str(files[k]) for k in GOOD]
     assert all(r["encoder"] == "clip-probe:tiny" and r["trained"] is False for r in records)
+    assert all(r["protocol"] is None for r in records)  # the CLIP probe has no protocols
     rois = {k: r["rois"] for k, r in zip(GOOD, records, strict=True)}
     assert {"FFA", "PPA", "RSC", "lh_V1"} <= set(rois["rgb"])
     assert all(np.isfinite(v) for r in rois.values() for v in r.values())
@@ -80,3 +82,40 @@ def test_table_and_plot(files, tmp_path, capsys):
     assert np.isfinite(float(ffa.split()[1]))
     with Image.open(out) as image:
         assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_protocol_is_chosen_and_recorded(files, capsys):
+    from neuromem.commands.predict import read_image
+    from neuromem.cortex.rois import load_roi_set
+    from neuromem.encoders import load_encoder
+
+    image = str(files["rgb"])
+    records = {}
+    for protocol in ("paper", "static", "fast"):
+        argv = ["predict", image, "--encoder", "tribev2:tiny", "--protocol", protocol, "--json"]
+        assert main(argv) == 0
+        records[protocol] = json.loads(capsys.readouterr().out)
+        assert records[protocol]["protocol"] == protocol
+    assert main(["predict", image, "--encoder", "tribev2:tiny", "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["protocol"] == "paper" and default["rois"] == records["paper"]["rois"]
+    # the JSON holds what the encoder with that protocol predicts for the image
+    encoder = load_encoder("tribev2:tiny", protocol="static")
+    pixels = torch.tensor(read_image(files["rgb"])).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        vertices = encoder(pixels)[0].numpy()
+    ffa_vertices = load_roi_set("default").indices["FFA"]
+    assert records["static"]["rois"]["FFA"] == pytest.approx(
+        float(vertices[ffa_vertices].mean()), abs=1e-5)
+    assert records["static"]["rois"] != pytest.approx(records["paper"]["rois"], abs=1e-6)
+    assert main(["predict", image, "--encoder", "tribev2:tiny", "--protocol", "fast"]) == 0
+    assert "protocol fast" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_protocol_errors_are_one_line(files, capsys):
+    image = str(files["rgb"])
+    assert main(["predict", image, "--encoder", "clip-probe:tiny", "--protocol", "paper"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no still-image protocols" in err and len(err.splitlines()) == 1
+    assert main(["predict", image, "--encoder", "tribev2:tiny", "--protocol", "movie"]) == 2
+    assert "paper, static, fast" in capsys.readouterr().err

@@ -81,3 +81,25 @@ def test_custom_encoder_registration(clean_registry):
         encoder(images, trunc_layer=2)
     with pytest.raises(InputError, match="without ':'"):
         register_encoder("a:b", lambda argument, spec: encoder)
+
+
+def test_protocols_are_chosen_at_load_and_recorded(clean_registry):
+    from neuromem.encoders.registry import encoder_protocols, resolve_protocol
+
+    assert encoder_protocols("tribev2:tiny") == ("paper", "static", "fast")
+    assert resolve_protocol("tribev2", None) == "paper"  # the kind's default, no weights read
+    assert resolve_protocol("clip-probe:tiny", None) is None
+    assert load_encoder("tribev2:tiny").metadata()["protocol"] == "paper"
+    assert load_encoder("tribev2:tiny", protocol="fast").metadata()["protocol"] == "fast"
+    assert load_encoder("clip-probe:tiny").metadata()["protocol"] is None
+    with pytest.raises(InputError, match="has no still-image protocols"):
+        load_encoder("clip-probe:tiny", protocol="static")
+    with pytest.raises(UnknownNameError, match="paper, static, fast"):
+        load_encoder("tribev2:tiny", protocol="movie")
+    with pytest.raises(UnknownNameError, match="'resnet' is not registered"):
+        resolve_protocol("resnet", None)
+    # a custom kind with protocols gets the chosen one
+    register_encoder("mean-colour", lambda argument, spec, protocol: MeanColourEncoder(
+        {"bright": 2.0, "dim": 0.5}[protocol], spec), protocols=("bright", "dim"))
+    assert float(load_encoder("mean-colour").gain) == 2.0
+    assert float(load_encoder("mean-colour", protocol="dim").gain) == 0.5
