@@ -8,7 +8,7 @@ UPSTREAM := .upstream
 UPSTREAM_PKGS := cognitive-scoring neuraltrain==0.0.2 neuralset==0.0.2 x_transformers==1.27.20 \
 	exca==0.5.25 einops torchmetrics lightning_utilities submitit orjson ujson mne lazy_loader decorator
 
-.PHONY: test demo lint install clean bench-gpu
+.PHONY: test demo lint install clean bench-gpu system-packages
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -e ".[dev,assess]"
+	$(PY) -m pip install -e ".[dev,assess,game]"
 	touch $@ $(VENV)/.installed-demo
 
 $(UPSTREAM)/.installed: Makefile | $(PY)
@@ -29,7 +29,17 @@ $(UPSTREAM)/.installed: Makefile | $(PY)
 
 install: $(VENV)/.installed-dev
 
-test: $(VENV)/.installed-dev $(UPSTREAM)/.installed
+# Debian packages the browser and database tests drive (installed when missing; needs root, as CI).
+system-packages:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+
+test: $(VENV)/.installed-dev $(UPSTREAM)/.installed system-packages
 	RAY_AUTH_MODE=disabled $(PY) -m pytest tests
 
 demo: $(VENV)/.installed-demo
