@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from neuromem.errors import InputError
-from neuromem.jobs.image_map import ModelRecipe, PoolOptions, map_images
+from neuromem.jobs.image_map import ModelRecipe, PoolJobConfig, map_images
 from neuromem.runtime.config import JobConfig
 from neuromem.runtime.provenance import command_line, utc_now, versions
 from neuromem.runtime.storage import ERRORS_DIR, check_writable, display, join_uri
@@ -32,34 +32,18 @@ from neuromem.scoring.table import open_table
 
 
 @dataclass(frozen=True)
-class _AnnotateConfig(JobConfig):
+class _AnnotateConfig(PoolJobConfig):
     """Options shared by the annotating commands (see the command's help)."""
 
     table: str
     out: str
     images: str | None = None
     overwrite: bool = False
-    actors: int = 1
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float = 1.0
-    torch_threads: int | None = None
-    batch_size: int = 32
-    decode: str = "actor"
-    decode_threads: int = 4
-    address: str | None = None
-    no_progress: bool = False
-
-    @property
-    def pool(self) -> PoolOptions:
-        """The actor-pool options."""
-        return PoolOptions(actors=self.actors, gpus_per_actor=self.gpus_per_actor,
-                           cpus_per_actor=self.cpus_per_actor, torch_threads=self.torch_threads,
-                           batch_size=self.batch_size, decode=self.decode,
-                           decode_threads=self.decode_threads)
+    batch_size: int = field(default=32, kw_only=True)
 
     def check(self) -> None:
         """Raise :class:`InputError` for values the job cannot run with."""
-        self.pool.check()
+        super().check()
         if self.decode != "actor":
             raise InputError("--decode tasks is for `neuromem score`; annotating jobs decode in "
                              "their actors")

@@ -34,8 +34,7 @@ from neuromem.data.schema import BASE_COLUMNS, IMAGE_ID, SOURCE
 from neuromem.decoding.signals import SIGNAL_KINDS, Signals
 from neuromem.errors import InputError
 from neuromem.jobs.image_map import ModelRecipe, PoolOptions, map_images
-from neuromem.jobs.train import TrainWorkers, WorkerProgress, fit
-from neuromem.runtime.config import JobConfig
+from neuromem.jobs.train import TrainJobConfig, WorkerProgress, fit
 from neuromem.runtime.progress import StageTimer
 from neuromem.runtime.provenance import command_line, utc_now, versions
 from neuromem.runtime.storage import (
@@ -55,7 +54,7 @@ TOP_K = (1, 5)
 
 
 @dataclass(frozen=True)
-class DecodeConfig(JobConfig):
+class DecodeConfig(TrainJobConfig):
     """Everything ``neuromem decode`` needs; fields mirror the command-line options.
 
     Attributes
@@ -109,11 +108,6 @@ class DecodeConfig(JobConfig):
     shuffled_control: bool = False
     seed: int = 0
     overwrite: bool = False
-    workers: int = 1
-    gpus_per_worker: float | None = None
-    cpus_per_worker: float = 1.0
-    address: str | None = None
-    no_progress: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network", tuple(self.network or ()))
@@ -135,11 +129,8 @@ class DecodeConfig(JobConfig):
             raise InputError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.dropout < 1:
             raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
-        self.train_workers.check()
+        super().check()
 
-    @property
-    def train_workers(self) -> TrainWorkers:
-        return TrainWorkers(self.workers, self.gpus_per_worker, self.cpus_per_worker)
 
     def run_settings(self) -> dict[str, Any]:
         """The settings that shape the outputs (a rerun into ``out`` must repeat them)."""

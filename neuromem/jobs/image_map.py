@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,7 @@ from neuromem.data.batch import (
 )
 from neuromem.data.schema import IMAGE_ID, LOADED_COLUMNS, SOURCE, rows_to_arrow
 from neuromem.errors import InputError, NeuromemError
+from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import progress_bar
 from neuromem.runtime.storage import PartWriter, display
 from neuromem.runtime.throughput import BatchTime, SteadyState, stage_totals, steady_state
@@ -423,6 +424,34 @@ class PoolOptions:
             raise InputError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
         if self.cpus_per_actor <= 0:
             raise InputError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolJobConfig(JobConfig):
+    """Base of the configs of jobs that run an actor pool: the ``options.add_cluster`` fields.
+
+    Keyword-only, so a job's own required fields may come first; a job that wants another
+    default redeclares the field with ``field(default=..., kw_only=True)``.
+    """
+
+    actors: int = 1
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    torch_threads: int | None = None
+    batch_size: int = 64
+    decode: str = "actor"
+    decode_threads: int = 4
+    address: str | None = None
+    no_progress: bool = False
+
+    @property
+    def pool(self) -> PoolOptions:
+        """The actor-pool options."""
+        return PoolOptions(**{f.name: getattr(self, f.name) for f in fields(PoolOptions)})
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for pool values the job cannot run with."""
+        self.pool.check()
 
 
 def map_images(

@@ -26,7 +26,12 @@ import pyarrow as pa
 
 from neuromem.data.schema import BASE_COLUMNS
 from neuromem.errors import InputError
-from neuromem.jobs.image_map import DECODE_MODES, ModelRecipe, PartsOutput, PoolOptions, map_images
+from neuromem.jobs.image_map import (
+    ModelRecipe,
+    PartsOutput,
+    PoolJobConfig,
+    map_images,
+)
 from neuromem.representations.cka import CKA_KINDS
 from neuromem.representations.features import (
     build_layer_features,
@@ -48,7 +53,6 @@ from neuromem.representations.targets import (
     roi_names,
     scan_targets,
 )
-from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import StageTimer, progress_bar
 from neuromem.runtime.provenance import command_line, utc_now, versions
 from neuromem.runtime.storage import ERRORS_DIR, PartWriter, join_uri, write_bytes, write_json
@@ -67,7 +71,7 @@ OUTPUTS = ("features", "layers.parquet", "layers.png", "compare.parquet")
 
 
 @dataclass(frozen=True)
-class LayersConfig(JobConfig):
+class LayersConfig(PoolJobConfig):
     """Everything ``neuromem layers`` needs; fields mirror the command-line options.
 
     Attributes
@@ -139,15 +143,7 @@ class LayersConfig(JobConfig):
     cka: str = "debiased"
     seed: int = 0
     overwrite: bool = False
-    actors: int = 1
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float = 1.0
-    torch_threads: int | None = None
-    batch_size: int = 32
-    decode: str = "actor"
-    decode_threads: int = 4
-    address: str | None = None
-    no_progress: bool = False
+    batch_size: int = field(default=32, kw_only=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network", tuple(self.network or ()))
@@ -166,18 +162,9 @@ class LayersConfig(JobConfig):
             raise InputError("--compare needs at least two --network")
         self.require_choice("targets", TARGET_KINDS)
         self.require_choice("cka", CKA_KINDS)
-        self.require_choice("decode", DECODE_MODES)
         self.require_at_least(1, "grid", "max_features", "max_vertices", "image_size", "limit")
-        self.pool.check()
+        super().check()
         Pooling(self.grid, self.max_features, self.seed)
-
-    @property
-    def pool(self) -> PoolOptions:
-        """The extraction's actor pool."""
-        return PoolOptions(actors=self.actors, gpus_per_actor=self.gpus_per_actor,
-                           cpus_per_actor=self.cpus_per_actor, torch_threads=self.torch_threads,
-                           batch_size=self.batch_size, decode=self.decode,
-                           decode_threads=self.decode_threads)
 
     @property
     def pooling(self) -> Pooling:

@@ -22,8 +22,12 @@ import pyarrow as pa
 from neuromem.data.readers import DATASETS, list_rows
 from neuromem.data.schema import IMAGE_ID
 from neuromem.errors import InputError
-from neuromem.jobs.image_map import DECODE_MODES, ModelRecipe, PartsOutput, PoolOptions, map_images
-from neuromem.runtime.config import JobConfig
+from neuromem.jobs.image_map import (
+    ModelRecipe,
+    PartsOutput,
+    PoolJobConfig,
+    map_images,
+)
 from neuromem.runtime.provenance import command_line, utc_now
 from neuromem.runtime.storage import ERRORS_DIR, PartWriter, check_writable, display, join_uri
 from neuromem.scoring.output import SETTINGS_KEY, prepare_output
@@ -32,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ScoreConfig(JobConfig):
+class ScoreConfig(PoolJobConfig):
     """Everything ``neuromem score`` needs; fields mirror the command-line options.
 
     Attributes
@@ -81,35 +85,17 @@ class ScoreConfig(JobConfig):
     scores: str | None = None
     limit: int | None = None
     clip_frames: int | None = None
-    actors: int = 1
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float = 1.0
-    torch_threads: int | None = None
-    batch_size: int = 64
     rows_per_part: int = 1024
-    decode: str = "actor"
-    decode_threads: int = 4
-    address: str | None = None
-    no_progress: bool = False
 
     def check(self) -> None:
         """Raise :class:`InputError` for values the job cannot run with."""
         self.require_choice("dataset", DATASETS)
-        self.require_choice("decode", DECODE_MODES)
         self.require_at_least(1, "rows_per_part", "clip_frames")
         self.require_at_least(0, "limit")
-        self.pool.check()
+        super().check()
         if self.overwrite and self.retry_errors:
             raise InputError("--overwrite starts afresh; --retry-errors retries an existing "
                              "table's errors: give one of them")
-
-    @property
-    def pool(self) -> PoolOptions:
-        """The actor-pool options."""
-        return PoolOptions(actors=self.actors, gpus_per_actor=self.gpus_per_actor,
-                           cpus_per_actor=self.cpus_per_actor, torch_threads=self.torch_threads,
-                           batch_size=self.batch_size, decode=self.decode,
-                           decode_threads=self.decode_threads)
 
     def listing_options(self) -> dict[str, Any]:
         """Options of the dataset's listing function."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuromem.errors import InputError
+from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import progress_bar
 from neuromem.runtime.storage import join_uri
 
@@ -56,6 +57,28 @@ class TrainWorkers:
         if self.gpus_per_worker is not None:
             return float(self.gpus_per_worker)
         return 1.0 if cluster_has_gpus() else 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJobConfig(JobConfig):
+    """Base of the configs of Ray Train jobs: the ``options.add_train_workers`` and
+    ``options.add_cluster(pool=False)`` fields (keyword-only, so a job's own required fields may
+    come first)."""
+
+    workers: int = 1
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float = 1.0
+    address: str | None = None
+    no_progress: bool = False
+
+    @property
+    def train_workers(self) -> TrainWorkers:
+        """The training workers' resources."""
+        return TrainWorkers(self.workers, self.gpus_per_worker, self.cpus_per_worker)
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for worker values the job cannot run with."""
+        self.train_workers.check()
 
 
 class WorkerProgress:

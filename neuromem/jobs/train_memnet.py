@@ -33,10 +33,9 @@ from neuromem.data.lamem import SPLIT_NUMBERS, SPLITS, split_rows
 from neuromem.data.schema import BASE_COLUMNS, CATEGORY, IMAGE_ID, MEMORABILITY
 from neuromem.errors import InputError, MissingWeightsError
 from neuromem.jobs.image_map import ModelRecipe, PartsOutput, PoolOptions, map_images
-from neuromem.jobs.train import TrainWorkers, WorkerProgress, fit
+from neuromem.jobs.train import TrainJobConfig, WorkerProgress, fit
 from neuromem.representations.memnet import TASKS
 from neuromem.representations.memnet_training import category_names
-from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import StageTimer
 from neuromem.runtime.provenance import command_line, utc_now, versions
 from neuromem.runtime.storage import (
@@ -65,7 +64,7 @@ PIXEL_ROWS_PER_PART = 256
 
 
 @dataclass(frozen=True)
-class TrainMemnetConfig(JobConfig):
+class TrainMemnetConfig(TrainJobConfig):
     """Everything ``neuromem train-memnet`` needs; fields mirror the command-line options.
 
     Attributes
@@ -125,11 +124,6 @@ class TrainMemnetConfig(JobConfig):
     resmem: bool = False
     seed: int = 0
     overwrite: bool = False
-    workers: int = 1
-    gpus_per_worker: float | None = None
-    cpus_per_worker: float = 1.0
-    address: str | None = None
-    no_progress: bool = False
 
     def check(self) -> None:
         """Raise :class:`InputError` for values the job cannot run with."""
@@ -141,11 +135,8 @@ class TrainMemnetConfig(JobConfig):
         self.require_at_least(0, "memorability_weight", "category_weight", "weight_decay")
         if self.lr <= 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
-        self.train_workers.check()
+        super().check()
 
-    @property
-    def train_workers(self) -> TrainWorkers:
-        return TrainWorkers(self.workers, self.gpus_per_worker, self.cpus_per_worker)
 
     @property
     def splits(self) -> list[str]:
