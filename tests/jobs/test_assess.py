@@ -72,12 +72,14 @@ def test_assessor_matches_resmem_package(resmem_model, image_paths, direct_score
 
 
 def test_assess_command_adds_resmem_column(tmp_path, ray_local, image_paths, direct_scores):
+    corrupt = tmp_path / "bad.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff not a JPEG after all")
     table = pa.table({
-        "image_id": ["a", "b", "c", "gone"],
-        "dataset": ["mine"] * 4,
-        "source": [str(p) for p in image_paths] + [str(tmp_path / "gone.jpg")],
-        "roi_FFA": pa.array([0.1, 0.2, 0.3, 0.4], pa.float32()),
-        "vertices": vertices_to_arrow(np.arange(4 * 20484).reshape(4, 20484) % 7),
+        "image_id": ["a", "b", "c", "gone", "bad"],
+        "dataset": ["mine"] * 5,
+        "source": [str(p) for p in image_paths] + [str(tmp_path / "gone.jpg"), str(corrupt)],
+        "roi_FFA": pa.array([0.1, 0.2, 0.3, 0.4, 0.5], pa.float32()),
+        "vertices": vertices_to_arrow(np.arange(5 * 20484).reshape(5, 20484) % 7),
     })
     table = write_metadata(table, {"encoder": {"spec": "clip-probe:tiny"}})
     (tmp_path / "table").mkdir()
@@ -87,17 +89,18 @@ def test_assess_command_adds_resmem_column(tmp_path, ray_local, image_paths, dir
     assert main(["assess", str(tmp_path / "table"), "--out", str(out), "--batch-size", "2"]) == 0
 
     scored = open_table(out).to_table()  # the table without its errors/ folder
-    assert scored.num_rows == 4 and scored.column("image_id").to_pylist() == ["a", "b", "c", "gone"]
+    assert scored.column("image_id").to_pylist() == ["a", "b", "c", "gone", "bad"]
     assert scored.schema.field("memorability_resmem").type == pa.float32()
     assert scored.column("vertices").equals(table.column("vertices"))  # other columns kept
     values = scored.column("memorability_resmem").to_pylist()
-    assert values[3] is None
+    assert values[3] is None and values[4] is None  # the missing and the corrupt image
     np.testing.assert_allclose(values[:3], direct_scores, atol=1e-6)
     metadata = read_metadata(pq.read_schema(out / "part-1.parquet"))
     assert metadata["encoder"]["spec"] == "clip-probe:tiny"
     assert metadata["annotations"][0]["assessor"] == "resmem"
     errors = pd.read_parquet(out / "_errors" / "assess.parquet")
-    assert errors["image_id"].tolist() == ["gone"] and "not found" in errors["error"][0]
+    errors = errors.set_index("image_id")["error"]
+    assert sorted(errors.index) == ["bad", "gone"] and "not found" in errors["gone"]
     json.dumps(metadata)  # the record stays JSON
 
     # scoring again into the same folder, or a table that already has the column, is refused
