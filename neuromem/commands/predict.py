@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuromem.commands import options
 from neuromem.errors import InputError
+from neuromem.runtime.device import resolve_device
+from neuromem.runtime.storage import check_writable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,21 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="still-image protocol of encoders that read videos: paper, static or fast for "
         "tribev2 (default: the encoder's own, paper for tribev2; none for clip-probe)",
     )
-    parser.add_argument(
-        "--rois",
-        default="default",
-        metavar="SET",
-        help="'default' (HCP-MMP1 groups) or the path to a YAML ROI set (default: %(default)s)",
-    )
+    options.add_rois(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument(
         "--plot",
         metavar="OUT.png",
         help="save the vertex map on the cortical surface (several images: OUT-<n>-<name>.png)",
     )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
-    )
+    options.add_device(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from neuromem.encoders import load_encoder
     from neuromem.encoders.registry import resolve_protocol
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     protocol = resolve_protocol(args.encoder, args.protocol)  # before any weights load
+    if args.plot:
+        check_writable(Path(args.plot).parent)
     roi_set = load_roi_set(args.rois)
     reducer = RoiReducer(roi_set)
     encoder = load_encoder(args.encoder, device=device, protocol=protocol)

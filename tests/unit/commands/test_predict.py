@@ -84,6 +84,17 @@ def test_table_and_plot(files, tmp_path, capsys):
         assert image.size[0] > 300 and image.size[1] > 200
 
 
+def test_unwritable_plot_is_one_line_before_any_prediction(files, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for bad in (blocker / "map.png", "/proc/neuromem/map.png"):  # not a folder; read-only
+        argv = ["predict", str(files["rgb"]), "--encoder", "clip-probe:tiny", "--plot", str(bad)]
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # nothing predicted
+        assert "cannot write to" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
 def test_protocol_is_chosen_and_recorded(files, capsys):
     from neuromem.commands.predict import read_image
     from neuromem.cortex.rois import load_roi_set
