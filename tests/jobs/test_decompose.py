@@ -88,9 +88,12 @@ def test_decompose_end_to_end(tables):
         "memorability_column",
         "category_column",
         "seed",
+        "multiple_comparisons",
         "rois",
         "agreement",
+        "agreement_summary",
     ]
+    assert "hemisphere family" in results["multiple_comparisons"]
     assert results["n_images"] == 90 and results["category_column"] == "category"
     assert results["seed"] == 5
     by_roi = {r["roi"]: r for r in results["rois"]}
@@ -111,6 +114,8 @@ def test_decompose_end_to_end(tables):
     )
     agreement = {a["roi"]: a for a in results["agreement"]}
     assert agreement["FFA"]["signs_agree"] is True and agreement["RSC"]["signs_agree"] is False
+    assert agreement["RSC"]["status"] == "disagree" and results["agreement_summary"]["agree"] >= 1
+    assert 0 < rsc["spin_q_mean_r"] <= 1 and rsc["spearman_q"] is not None
     assert set(agreement["RSC"]["r"]) == {"clip-probe:tiny#0", "clip-probe:tiny#1"}
     report = (out / "report.md").read_text()
     assert "NOT trained" in report and "n = 90" in report and "seed 5" in report
