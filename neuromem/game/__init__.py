@@ -1,0 +1,2 @@
+"""The memory game: studies, sequences, the web app and its database, scoring of human responses,
+comparisons of conditions, simulated participants."""
