@@ -73,7 +73,8 @@ def check_responses(responses: pd.DataFrame) -> None:
         raise InputError("every target repeat needs a positive finite lag")
 
 
-def _target_repeats(responses: pd.DataFrame) -> pd.DataFrame:
+def target_repeats(responses: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the second showings of target images (the trials that score images)."""
     return responses[responses[REPEAT].astype(bool) & (responses[KIND] == TARGET)]
 
 
@@ -167,7 +168,7 @@ def image_scores(responses: pd.DataFrame, reference_lag: float | None = None) ->
         ``reference_lag``.
     """
     check_responses(responses)
-    targets = _target_repeats(responses)
+    targets = target_repeats(responses)
     if targets.empty:
         raise InputError("the responses hold no target repeat: nothing to score")
     lags = targets[LAG].to_numpy(dtype=float)
@@ -252,7 +253,7 @@ def split_half(responses: pd.DataFrame, *, n_splits: int = 100, seed: int = 0,
     check_responses(responses)
     if n_splits < 1:
         raise InputError(f"n_splits must be at least 1, got {n_splits}")
-    targets = _target_repeats(responses)
+    targets = target_repeats(responses)
     participants = np.asarray(sorted(targets[PARTICIPANT].astype(str).unique()))
     if len(participants) < 2:
         raise InputError(f"split-half consistency needs at least 2 participants, got "

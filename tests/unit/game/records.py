@@ -45,3 +45,30 @@ def simulate_records(memorability: np.ndarray, n_participants: int, *, seed: int
                          rng.random() < false_alarm))
     return pd.DataFrame(rows, columns=["participant", "image_id", "kind", "repeat", "lag",
                                        "response"])
+
+
+def simulate_paired_records(n_participants: int, n_pairs: int, *, log_odds: float, seed: int = 0,
+                            base_logit: float = 0.4, pair_sd: float = 0.6,
+                            participant_sd: float = 0.4) -> pd.DataFrame:
+    """A paired study: every participant sees one twin of every pair (alternating conditions).
+
+    Hit log-odds: ``base_logit`` + pair effect + participant effect (+ ``log_odds`` for the
+    ``lora`` twin). Rows carry ``condition`` and ``pair``.
+    """
+    rng = np.random.default_rng(seed)
+    pair_effect = rng.normal(0, pair_sd, n_pairs)
+    person = rng.normal(0, participant_sd, n_participants)
+    rows = []
+    for p in range(n_participants):
+        for k in range(n_pairs):
+            lora = (p + k) % 2 == 1
+            eta = base_logit + pair_effect[k] + person[p] + (log_odds if lora else 0.0)
+            condition = "lora" if lora else "base"
+            image = f"{condition}_{k:03d}"
+            hit = rng.random() < 1 / (1 + np.exp(-eta))
+            rows.append((f"p{p:03d}", image, "target", False, np.nan, False, condition,
+                         f"k{k:03d}"))
+            rows.append((f"p{p:03d}", image, "target", True, 100.0, hit, condition,
+                         f"k{k:03d}"))
+    return pd.DataFrame(rows, columns=["participant", "image_id", "kind", "repeat", "lag",
+                                       "response", "condition", "pair"])
