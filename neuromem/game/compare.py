@@ -33,8 +33,8 @@ from neuromem.game.scoring import (
     IMAGE_ID,
     PARTICIPANT,
     RESPONSE,
-    target_repeats,
     check_responses,
+    target_repeats,
 )
 
 CONDITION = "condition"
