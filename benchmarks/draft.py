@@ -117,8 +117,10 @@ def bare_loop(config: dict, device: torch.device, steps: int, warmup: int) -> di
 def ray_loop(config: dict, steps: int, warmup: int, gpus: float, storage: str) -> dict:
     """The same job under Ray Train, one worker; per-step times come from its history."""
     tic = time.perf_counter()
-    result = fit(config, workers=1, gpus_per_worker=gpus, storage_path=storage,
-                 name="bench", max_failures=0)
+    from neuromem.jobs.train import TrainWorkers
+
+    result = fit(config, workers=TrainWorkers(1, gpus), out=storage, name="bench",
+                 max_failures=0, progress=False)
     wall = time.perf_counter() - tic
     with result.checkpoint.as_directory() as directory:
         history = json.loads(Path(directory, "run.json").read_text())["history"]

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuromem.commands import options
 from neuromem.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-# Held out from the training prompts of pipelines.finetune_draft.BUILTIN_PROMPTS.
+# Held out from the training prompts of `neuromem finetune` (BUILTIN_PROMPTS there).
 HELD_OUT_PROMPTS: tuple[str, ...] = (
     "a portrait of a young woman wearing a hat",
     "a wooden bridge over a river",
@@ -40,119 +41,111 @@ HELD_OUT_PROMPTS: tuple[str, ...] = (
     "a lighthouse on a rocky coast",
 )
 
-TINY_CLIP = "tiny"
+#: ``--clip`` when not given: the test model for ``--model tiny``, else ViT-L/14 (OpenAI).
+TINY_CLIP, DEFAULT_CLIP = "open_clip:tiny", "open_clip:ViT-L-14@openai"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``neuromem evaluate-lora``."""
     parser.add_argument("--model", required=True, help="Stable Diffusion folder, hub id or 'tiny'")
     parser.add_argument("--lora", required=True,
-                        help="checkpoint directory or URI holding pytorch_lora_weights.safetensors")
+                        help="a checkpoint folder (holding pytorch_lora_weights.safetensors) or "
+                             "a finetune --out folder (its latest checkpoint); path or URI")
     parser.add_argument("--encoder", default=None,
                         help="brain encoder spec (default: the one in the checkpoint's run.json)")
     parser.add_argument("--reward", default=None,
                         help="results.json or weights YAML (default: the checkpoint's reward)")
-    parser.add_argument("--correlation", choices=["pearson", "partial"], default="pearson")
-    parser.add_argument("--score-table", default=None, help="Parquet table for ROI mean and std")
-    parser.add_argument("--roi-set", default="default")
+    parser.add_argument("--correlation", choices=["pearson", "partial"], default="pearson",
+                        help="with a results.json --reward: which r gives the weights")
+    parser.add_argument("--score-table", default=None,
+                        help="score table of the same encoder and ROI set for ROI mean and std")
+    parser.add_argument("--rois", default=None, metavar="SET",
+                        help="ROI set: 'default' or a YAML file (default: the checkpoint's)")
     parser.add_argument("--prompts", default=None,
                         help="text file, one prompt a line (default: 8 built-in held-out prompts)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--inference-steps", type=int, default=50)
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--clip-model", default="ViT-L-14",
-                        help="open_clip model for prompt fidelity ('tiny': random test model)")
-    parser.add_argument("--clip-pretrained", default="openai",
-                        help="open_clip tag or local weight file")
-    parser.add_argument("--assessor", choices=["resmem", "none"], default="resmem")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="noise seeds; every prompt is drawn with each")
+    parser.add_argument("--inference-steps", type=int, default=None,
+                        help="DDIM denoising steps (default: 4 for 'tiny', else 50)")
+    parser.add_argument("--cfg-scale", type=float, default=7.5,
+                        help="classifier-free guidance scale")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in pixels (default: the model's native size)")
+    parser.add_argument("--clip", default=None, metavar="SPEC",
+                        help="open_clip model of prompt fidelity, open_clip:NAME[@WEIGHTS] "
+                             f"(default: {TINY_CLIP} for 'tiny', else {DEFAULT_CLIP})")
+    parser.add_argument("--assessor", choices=["resmem", "none"], default="resmem",
+                        help="independent memorability assessor")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per model call")
+    options.add_device(parser)
+    parser.add_argument("--out", required=True, help="output folder")
+    options.add_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``neuromem evaluate-lora``."""
-    import ray.train
-
-    from pipelines.finetune_draft import RUN_RECORD, read_prompts
+    from neuromem.generation.draft import (
+        RUN_RECORD,
+        find_lora_checkpoint,
+        local_checkpoint,
+        read_prompts,
+    )
+    from neuromem.generation.pipeline import TINY, inference_steps_for
+    from neuromem.runtime.device import resolve_device
 
     prompts = list(HELD_OUT_PROMPTS) if args.prompts is None else read_prompts(args.prompts)
-    with ray.train.Checkpoint(args.lora).as_directory() as lora_dir:
+    checkpoint = find_lora_checkpoint(args.lora)
+    with local_checkpoint(checkpoint) as lora_dir:
         record_path = Path(lora_dir, RUN_RECORD)
         trained = json.loads(record_path.read_text()) if record_path.exists() else {}
+        encoder = args.encoder or trained.get("encoder")
+        rois = args.rois or trained.get("rois") or trained.get("roi_set") or "default"
         evaluation = evaluate(
             model=args.model, lora_dir=lora_dir, prompts=prompts, seeds=args.seeds,
-            encoder=args.encoder or trained.get("encoder"),
-            reward=_reward_record(args, trained), roi_set=args.roi_set,
-            num_inference_steps=args.inference_steps, guidance_scale=args.guidance_scale,
-            size=args.size, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
-            assessor=args.assessor, batch_size=args.batch_size, device=args.device,
-            out=Path(args.out),
+            encoder=encoder, reward=_reward_record(args, trained, encoder, rois), roi_set=rois,
+            num_inference_steps=inference_steps_for(args.model, args.inference_steps),
+            guidance_scale=args.cfg_scale, size=args.size,
+            clip=args.clip or (TINY_CLIP if args.model == TINY else DEFAULT_CLIP),
+            assessor=args.assessor, batch_size=args.batch_size,
+            device=resolve_device(args.device), out=Path(args.out),
+            progress=not args.no_progress,
         )
-    evaluation["lora"] = args.lora
+    evaluation["lora"] = checkpoint
     evaluation["training_run"] = {k: trained[k] for k in ("step", "settings") if k in trained}
     write_report(evaluation, Path(args.out))
     print(json.dumps(evaluation["summary"], indent=2))
     return 0
 
 
-def _reward_record(args: argparse.Namespace, trained: dict[str, Any]) -> dict[str, Any]:
+def _reward_record(args: argparse.Namespace, trained: dict[str, Any], encoder: str | None,
+                   rois: str) -> dict[str, Any]:
     from neuromem.generation.reward import load_reward_spec
 
     if args.reward is None and "reward" in trained and args.score_table is None:
         return trained["reward"]
     return load_reward_spec(args.reward, correlation=args.correlation,
-                            score_table=args.score_table).to_dict()
-
-
-def load_clip(model_name: str, pretrained: str, device):
-    """An open_clip model and tokenizer; ``"tiny"`` is the seeded-random test model."""
-    import open_clip
-
-    from neuromem.encoders.clip_probe import (
-        TINY_MODEL_CONFIG,
-        TINY_MODEL_NAME,
-        TINY_SEED,
-        register_open_clip_config,
-    )
-    from neuromem.errors import MissingWeightsError
-
-    if model_name == TINY_CLIP:
-        register_open_clip_config(TINY_MODEL_NAME, TINY_MODEL_CONFIG)
-        model_name, pretrained = TINY_MODEL_NAME, ""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        try:
-            model = open_clip.create_model(model_name, pretrained=pretrained or None)
-        except RuntimeError as exc:
-            raise MissingWeightsError(
-                f"open_clip weights {model_name!r}/{pretrained!r} are not available offline: "
-                f"pass a local weight file as --clip-pretrained ({exc})"
-            ) from exc
-    return model.to(device).eval(), open_clip.get_tokenizer(model_name)
+                            score_table=args.score_table, encoder=encoder,
+                            roi_set=rois).to_dict()
 
 
 @torch.no_grad()
-def clip_fidelity(model, tokenizer, images_b3hw: torch.Tensor, prompts: list[str]) -> np.ndarray:
-    """Cosine similarity of each image with its prompt in open_clip space, shape ``(B,)``."""
-    from neuromem.encoders.preprocessing import normalise, resize_center_crop
+def clip_fidelity(clip, images_b3hw: torch.Tensor, prompts: list[str]) -> np.ndarray:
+    """Cosine similarity of each image with its prompt in open_clip space, shape ``(B,)``.
 
-    config = model.visual.preprocess_cfg
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple | list) else size
-    pixels = normalise(resize_center_crop(images_b3hw, size), config["mean"], config["std"])
-    device = next(model.parameters()).device
-    image_be = model.encode_image(pixels.to(device), normalize=True)
-    text_be = model.encode_text(tokenizer(prompts).to(device), normalize=True)
+    ``clip`` is a :class:`neuromem.networks.LoadedClip`.
+    """
+    device = next(clip.module.parameters()).device
+    image_be = clip.module.encode_image(clip.preprocess(images_b3hw).to(device), normalize=True)
+    text_be = clip.module.encode_text(clip.tokenizer(prompts).to(device), normalize=True)
     return (image_be * text_be).sum(-1).float().cpu().numpy()
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], *, num_inference_steps: int,
-             guidance_scale: float, size: int, batch_size: int) -> torch.Tensor:
+             guidance_scale: float, size: int, batch_size: int, bar=None) -> torch.Tensor:
     """Images for every (prompt, seed), prompt-major, shape ``(P*S, 3, size, size)`` in [0, 1].
 
     Sample ``(p, s)`` starts from the noise of ``sample_seed(s, p)``, so base and LoRA share it.
+    ``bar``, a progress bar, advances by one per image.
     """
     from neuromem.generation.draft import gaussian, sample_seed
 
@@ -168,22 +161,27 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, num_inference_steps:
                    width=size, num_inference_steps=num_inference_steps,
                    guidance_scale=guidance_scale, output_type="pt")
         images.append(out.images.float().cpu())
+        if bar is not None:
+            bar.update(len(chunk))
     return torch.cat(images)
 
 
 def evaluate(
     *, model: str, lora_dir: str | Path, prompts: list[str], seeds: list[int],
     encoder: str | None, reward: dict[str, Any], roi_set: str = "default",
-    num_inference_steps: int = 50, guidance_scale: float = 7.5, size: int = 512,
-    clip_model: str = "ViT-L-14", clip_pretrained: str = "openai", assessor: str = "resmem",
-    batch_size: int = 4, device: str = "cpu", out: Path | None = None,
+    num_inference_steps: int = 50, guidance_scale: float = 7.5, size: int | None = None,
+    clip: str = DEFAULT_CLIP, assessor: str = "resmem", batch_size: int = 4,
+    device: str | torch.device = "cpu", out: Path | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """Generate base and LoRA images and score both; returns the ``evaluation.json`` content.
 
-    When ``out`` is given, the image grid is written there as ``grid.png``.
+    ``size`` None is the model's native size. When ``out`` is given, the image grid is written
+    there as ``grid.png``. ``progress`` draws bars (images generated; images scored).
     """
-    from neuromem.generation.pipeline import load_pipeline
+    from neuromem.generation.pipeline import load_pipeline, native_size
     from neuromem.generation.reward import RewardSpec, build_composite_reward
+    from neuromem.networks import load_clip
+    from neuromem.runtime.progress import progress_bar
 
     if encoder is None:
         raise InputError("no --encoder given and the checkpoint has no run.json naming one")
@@ -191,33 +189,39 @@ def evaluate(
         raise InputError("need at least one prompt and one seed")
     spec = RewardSpec.from_dict(reward)
     pipe = load_pipeline(model, device=device, scheduler="ddim")
+    size = size or native_size(pipe)
     options = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                    size=size, batch_size=batch_size)
-    base = generate(pipe, prompts, seeds, **options)
-    pipe.load_lora_weights(str(lora_dir))
-    adapted = generate(pipe, prompts, seeds, **options)
+    n_images = len(prompts) * len(seeds)
+    with progress_bar(2 * n_images, desc="generating base and LoRA", unit="img",
+                      enabled=progress) as bar:
+        base = generate(pipe, prompts, seeds, bar=bar, **options)
+        pipe.load_lora_weights(str(lora_dir))
+        adapted = generate(pipe, prompts, seeds, bar=bar, **options)
     del pipe
 
     brain = build_composite_reward(encoder, spec, device=device, roi_set=roi_set)
-    clip, tokenizer = load_clip(clip_model, clip_pretrained, device)
+    clip_model = load_clip(clip, device=device)
     resmem = None
     if assessor == "resmem":
         from neuromem.memorability import ResMemAssessor
 
         resmem = ResMemAssessor(device)
+    scorers = f"reward{', ' + assessor if resmem is not None else ''}, CLIP"
     prompt_of = [p for p in prompts for _ in seeds]
     seed_of = [s for _ in prompts for s in seeds]
     scores: dict[str, dict[str, np.ndarray]] = {}
-    for label, images in (("base", base), ("lora", adapted)):
-        with torch.no_grad():
-            rois_br = torch.cat([brain.roi_responses(images[i:i + batch_size].to(device)).cpu()
-                                 for i in range(0, len(images), batch_size)]).double()
-        columns = {"reward": brain.from_roi_responses(rois_br).numpy()}
-        columns.update({c: rois_br[:, j].numpy() for j, c in enumerate(brain.column_names)})
-        if resmem is not None:
-            columns["resmem"] = resmem.score(images).double().numpy()
-        columns["clip_fidelity"] = clip_fidelity(clip, tokenizer, images, prompt_of)
-        scores[label] = columns
+    with progress_bar(2 * n_images, desc=f"scoring ({scorers})", unit="img",
+                      enabled=progress) as bar:
+        for label, images in (("base", base), ("lora", adapted)):
+            parts: dict[str, list[np.ndarray]] = {}
+            for i in range(0, len(images), batch_size):
+                chunk = images[i:i + batch_size]
+                for name, values in score_images(brain, resmem, clip_model, chunk.to(device),
+                                                 prompt_of[i:i + batch_size]).items():
+                    parts.setdefault(name, []).append(values)
+                bar.update(len(chunk))
+            scores[label] = {name: np.concatenate(values) for name, values in parts.items()}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_grid(base, adapted, out / "grid.png")
@@ -226,10 +230,23 @@ def evaluate(
             for i in range(len(prompt_of))]
     return {
         "model": model, "encoder": encoder, "reward": spec.to_dict(), "prompts": prompts,
-        "seeds": seeds, "settings": {**options, "scheduler": "ddim"}, "roi_set": roi_set,
-        "clip_model": clip_model, "clip_pretrained": clip_pretrained, "assessor": assessor,
+        "seeds": seeds, "settings": {**options, "scheduler": "ddim"}, "rois": roi_set,
+        "clip": clip, "assessor": assessor,
         "summary": summarise(scores["base"], scores["lora"]), "images": rows,
     }
+
+
+@torch.no_grad()
+def score_images(brain, resmem, clip, images_b3hw: torch.Tensor,
+                 prompts: list[str]) -> dict[str, np.ndarray]:
+    """Every metric of one batch of images: reward, ROI means, ResMem, CLIP fidelity, ``(B,)``."""
+    rois_br = brain.roi_responses(images_b3hw).cpu().double()
+    columns = {"reward": brain.from_roi_responses(rois_br).numpy()}
+    columns.update({c: rois_br[:, j].numpy() for j, c in enumerate(brain.column_names)})
+    if resmem is not None:
+        columns["resmem"] = resmem.score(images_b3hw).cpu().double().numpy()
+    columns["clip_fidelity"] = clip_fidelity(clip, images_b3hw, prompts)
+    return columns
 
 
 def summarise(base: dict[str, np.ndarray], lora: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -273,12 +290,12 @@ def write_report(evaluation: dict[str, Any], out: Path) -> None:
         "# LoRA evaluation: base vs LoRA",
         "",
         f"- model `{evaluation['model']}`, LoRA `{evaluation.get('lora', '')}`",
-        f"- encoder `{evaluation['encoder']}`, ROI set `{evaluation['roi_set']}`",
+        f"- encoder `{evaluation['encoder']}`, ROI set `{evaluation['rois']}`",
         f"- reward weights {reward['weights']} (source {reward['source']}, "
         f"correlation {reward['correlation']}), mean {reward['mean']}, std {reward['std']}",
         f"- {len(evaluation['prompts'])} held-out prompts × seeds {evaluation['seeds']}; "
         f"settings {evaluation['settings']}",
-        f"- CLIP fidelity: `{evaluation['clip_model']}` / `{evaluation['clip_pretrained']}`; "
+        f"- CLIP fidelity: `{evaluation['clip']}`; "
         f"memorability assessor: {evaluation['assessor']} (independent of the reward)",
         "",
         "| metric | base | LoRA | mean diff | SD diff | improved | paired t | p |",

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuromem.commands import options
 from neuromem.errors import InputError
+from neuromem.generation.draft import RUN_RECORD
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,6 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
 )
 
 TRAINER_STATE = "trainer_state.pt"
-RUN_RECORD = "run.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,58 +66,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Stable Diffusion folder, cached hub id, or 'tiny'")
     parser.add_argument("--encoder", required=True, help="brain encoder spec, e.g. clip-probe:tiny")
     parser.add_argument("--reward", default=None,
-                        help="decomposition results.json or weights YAML (default: seed 000's r)")
+                        help="decomposition results.json or weights YAML (default: built-in "
+                             "weights LOC 0.05, FFA 0.23, RSC -0.49, PPA -0.37)")
     parser.add_argument("--correlation", choices=["pearson", "partial"], default="pearson",
-                        help="which r of results.json gives the weights (default pearson)")
+                        help="which r of results.json gives the weights")
     parser.add_argument("--score-table", default=None,
-                        help="Parquet score table for each ROI's mean and std (default 0 and 1)")
-    parser.add_argument("--roi-set", default="default", help="ROI set name or YAML path")
+                        help="score table of the same --encoder and --rois giving each ROI's "
+                             "mean and std (default 0 and 1)")
+    options.add_rois(parser)
     parser.add_argument("--trunc-layer", type=int, default=None,
                         help="encoder gradient truncation depth (default: none)")
     parser.add_argument("--prompts", default=None,
                         help="text file, one prompt a line (default: a built-in list of 16)")
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0,
-                        help="GPUs per worker; 0 trains on CPU with gloo")
+    options.add_train_workers(parser)
     parser.add_argument("--steps", type=int, required=True, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="global batch (samples per step over all workers; default = workers)")
-    parser.add_argument("--method", choices=["draft1", "draftk", "draftlv"], default="draft1")
+    parser.add_argument("--method", choices=["draft1", "draftk", "draftlv"], default="draft1",
+                        help="DRaFT variant: gradient through the last step, the last --k "
+                             "steps, or re-noised copies of the last step")
     parser.add_argument("--k", type=int, default=1, help="steps with a graph for draftk")
     parser.add_argument("--lv-samples", type=int, default=2, help="re-noised copies for draftlv")
-    parser.add_argument("--inference-steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--max-grad-norm", type=float, default=5.0)
+    parser.add_argument("--inference-steps", type=int, default=None,
+                        help="DDIM denoising steps per sample (default: 4 for 'tiny', else 50)")
+    parser.add_argument("--cfg-scale", type=float, default=7.5,
+                        help="classifier-free guidance scale")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in pixels (default: the model's native size)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    parser.add_argument("--max-grad-norm", type=float, default=5.0,
+                        help="gradient clipping norm")
     parser.add_argument("--penalty", type=float, default=0.0,
                         help="DRaFT+ weight keeping the LoRA's noise prediction near the base")
-    parser.add_argument("--lora-rank", type=int, default=4)
-    parser.add_argument("--lora-alpha", type=float, default=4.0)
+    parser.add_argument("--lora-rank", type=int, default=4, help="LoRA rank")
+    parser.add_argument("--lora-alpha", type=float, default=4.0, help="LoRA alpha")
     parser.add_argument("--lora-targets", default="to_k,to_q,to_v,to_out.0",
                         help="comma-separated UNet module names")
-    parser.add_argument("--no-gradient-checkpointing", action="store_true")
+    parser.add_argument("--no-gradient-checkpointing", action="store_true",
+                        help="keep activations instead of recomputing them (more memory)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="weights of the frozen modules (bf16 autocast runs on GPU anyway)")
-    parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="storage path: local directory or URI")
+    parser.add_argument("--checkpoint-every", type=int, default=50,
+                        help="optimisation steps between checkpoints")
+    options.add_seed(parser, what="the LoRA's initial values, prompts and noise")
+    options.add_out(parser, what="output folder; checkpoints go to OUT/ray/NAME",
+                    overwrite=False)
     parser.add_argument("--name", default="draft", help="run name under --out")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run --out/--name from its latest checkpoint")
     parser.add_argument("--max-failures", type=int, default=3,
                         help="worker-group restarts from the latest checkpoint")
-    parser.add_argument("--pid-dir", default=None,
-                        help="write each worker's pid to DIR/rank<r>.<attempt>.pid (supervision)")
+    options.add_cluster(parser, pool=False)
+    options.add_progress(parser)
+    parser.add_argument("--pid-dir", default=None, help=argparse.SUPPRESS)  # tests: kill a rank
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``neuromem finetune``; prints a JSON summary with the final checkpoint."""
+    from neuromem.jobs.session import ray_session
+    from neuromem.jobs.train import TrainWorkers
+
     config = config_from_args(args)
-    result = fit(config, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                 storage_path=args.out, name=args.name, resume=args.resume,
-                 max_failures=args.max_failures)
+    workers = TrainWorkers(args.workers, args.gpus_per_worker, args.cpus_per_worker)
+    check_run(config, workers=workers, out=args.out, name=args.name, resume=args.resume)
+    with ray_session(args.address):
+        result = fit(config, workers=workers, out=args.out, name=args.name,
+                     max_failures=args.max_failures, progress=not args.no_progress)
     print(json.dumps({
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "metrics": result.metrics,
@@ -124,41 +140,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_prompts(path: str | None) -> list[str]:
-    """Prompts from a text file (one a line, blank lines skipped) or :data:`BUILTIN_PROMPTS`."""
-    if path is None:
-        return list(BUILTIN_PROMPTS)
-    try:
-        prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    except OSError as exc:
-        raise InputError(f"cannot read prompts from {path}: {exc}") from exc
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise InputError(f"{path} holds no prompts; expected one prompt a line")
-    return prompts
-
-
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The JSON-serialisable ``train_loop_config`` of a command line."""
-    from neuromem.generation.draft import DraftSettings, LoraSettings
+    """The JSON-serialisable ``train_loop_config`` of a command line.
+
+    Denoising steps and image size not given follow the model (:func:`inference_steps_for`;
+    the size is the pipeline's native one, set on each worker).
+    """
+    from neuromem.generation.draft import DraftSettings, LoraSettings, read_prompts
+    from neuromem.generation.pipeline import inference_steps_for
     from neuromem.generation.reward import load_reward_spec
 
     settings = DraftSettings(
         method=args.method, k=args.k, lv_samples=args.lv_samples,
-        num_inference_steps=args.inference_steps, guidance_scale=args.guidance_scale,
-        height=args.size, width=args.size, learning_rate=args.lr,
+        num_inference_steps=inference_steps_for(args.model, args.inference_steps),
+        guidance_scale=args.cfg_scale, height=args.size, width=args.size, learning_rate=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, penalty=args.penalty,
         gradient_checkpointing=not args.no_gradient_checkpointing,
         lora=LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha,
                           target_modules=tuple(args.lora_targets.split(","))),
     )
     spec = load_reward_spec(args.reward, correlation=args.correlation,
-                            score_table=args.score_table)
+                            score_table=args.score_table, encoder=args.encoder, roi_set=args.rois)
+    prompts = read_prompts(args.prompts) if args.prompts else list(BUILTIN_PROMPTS)
     return make_config(
         model=args.model, encoder=args.encoder, reward=spec.to_dict(), settings=settings,
-        prompts=read_prompts(args.prompts), steps=args.steps,
+        prompts=prompts, steps=args.steps,
         global_batch=args.batch_size or args.workers, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, roi_set=args.roi_set,
+        checkpoint_every=args.checkpoint_every, rois=args.rois,
         trunc_layer=args.trunc_layer, dtype=args.dtype, pid_dir=args.pid_dir,
     )
 
@@ -166,7 +174,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def make_config(
     *, model: str, encoder: str, reward: dict[str, Any], settings, prompts: list[str],
     steps: int, global_batch: int, seed: int = 0, checkpoint_every: int = 50,
-    roi_set: str = "default", trunc_layer: int | None = None, dtype: str = "float32",
+    rois: str = "default", trunc_layer: int | None = None, dtype: str = "float32",
     pid_dir: str | None = None,
 ) -> dict[str, Any]:
     """Build and check a ``train_loop_config``.
@@ -181,83 +189,59 @@ def make_config(
     return {
         "model": model, "encoder": encoder, "reward": reward, "settings": settings.to_dict(),
         "prompts": list(prompts), "steps": steps, "global_batch": global_batch, "seed": seed,
-        "checkpoint_every": checkpoint_every, "roi_set": roi_set, "trunc_layer": trunc_layer,
+        "checkpoint_every": checkpoint_every, "rois": rois, "trunc_layer": trunc_layer,
         "dtype": dtype, "pid_dir": pid_dir,
     }
 
 
-def _run_exists(storage_path: str, name: str) -> bool:
-    import pyarrow.fs
+def check_run(config: dict[str, Any], *, workers, out: str, name: str, resume: bool) -> None:
+    """Refuse, before Ray starts, a batch the workers cannot share and a run clash.
 
-    if "://" in storage_path:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
-    else:
-        fs, root = pyarrow.fs.LocalFileSystem(), os.path.abspath(storage_path)
-    info = fs.get_file_info(f"{root.rstrip('/')}/{name}/checkpoint_manager_snapshot.json")
-    return info.type != pyarrow.fs.FileType.NotFound
+    Without ``resume`` an existing run ``OUT/ray/NAME`` is an error; with it, a missing one is.
+    """
+    from neuromem.jobs.train import storage_path
+    from neuromem.runtime.storage import exists, join_uri
+
+    workers.check()
+    if config["global_batch"] % workers.workers:
+        raise InputError(
+            f"global batch {config['global_batch']} must be a positive multiple of "
+            f"--workers {workers.workers}"
+        )
+    found = exists(join_uri(storage_path(out), name, "checkpoint_manager_snapshot.json"))
+    if found and not resume:
+        raise InputError(
+            f"run {name!r} already exists under {out}; pass --resume to continue it "
+            "or choose another --name"
+        )
+    if resume and not found:
+        raise InputError(f"nothing to resume: no run {name!r} under {out}")
 
 
-def fit(
-    config: dict[str, Any],
-    *,
-    workers: int,
-    storage_path: str,
-    name: str = "draft",
-    gpus_per_worker: float = 0,
-    resume: bool = False,
-    max_failures: int = 3,
-):
-    """Train with a Ray Train ``TorchTrainer`` and return its ``ray.train.Result``.
+def fit(config: dict[str, Any], *, workers, out: str, name: str = "draft",
+        max_failures: int = 3, progress: bool = True):
+    """Train with Ray Train (:func:`neuromem.jobs.train.fit`) and return its ``Result``.
 
     Parameters
     ----------
     config : dict
         From :func:`make_config`.
-    workers : int
-        Data-parallel workers; must divide ``config["global_batch"]``.
-    storage_path : str
-        Local directory or URI for checkpoints.
+    workers : neuromem.jobs.train.TrainWorkers
+        Data-parallel workers; their number must divide ``config["global_batch"]``.
+    out : str
+        Local directory or URI; checkpoints go to ``OUT/ray/NAME``.
     name : str
-        Run name (sub-directory of ``storage_path``).
-    gpus_per_worker : float
-        0 for CPU workers (gloo); otherwise GPUs per worker (NCCL).
-    resume : bool
-        Continue the run ``storage_path/name``. Without it an existing run is an error.
+        Run name. A run of that name already there is continued from its latest checkpoint.
     max_failures : int
         Restarts from the latest checkpoint after a worker dies.
+    progress : bool
+        Draw the bar (step, reward, s/step, ETA).
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from neuromem.jobs import train
 
-    if workers < 1 or config["global_batch"] % workers:
-        raise InputError(
-            f"global batch {config['global_batch']} must be a positive multiple of "
-            f"--workers {workers}"
-        )
-    if not resume and _run_exists(storage_path, name):
-        raise InputError(
-            f"run {name!r} already exists under {storage_path}; pass --resume to continue it "
-            "or choose another --name"
-        )
-    if resume and not _run_exists(storage_path, name):
-        raise InputError(f"nothing to resume: no run {name!r} under {storage_path}")
-    use_gpu = gpus_per_worker > 0
-    resources = {"CPU": 1, "GPU": gpus_per_worker} if use_gpu else {"CPU": 1}
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    return trainer.fit()
+    return train.fit(train_loop, config, workers=workers, name=name, out=out,
+                     total_steps=config["steps"], progress=progress, desc="finetune",
+                     max_failures=max_failures, keep_checkpoints=2)
 
 
 def peak_memory_bytes(device) -> int:
@@ -269,15 +253,6 @@ def peak_memory_bytes(device) -> int:
     if torch.device(device).type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    return {
-        pkg: importlib.metadata.version(pkg)
-        for pkg in ("neuromem", "torch", "diffusers", "peft", "ray")
-    }
 
 
 @dataclass
@@ -305,15 +280,15 @@ def setup_worker(config: dict[str, Any], device) -> WorkerState:
     from neuromem.generation.pipeline import load_pipeline
     from neuromem.generation.reward import RewardSpec, build_composite_reward
 
-    settings = DraftSettings.from_dict(config["settings"])
     torch.manual_seed(config["seed"])  # the LoRA's random init
     pipe = load_pipeline(config["model"], device=device, dtype=getattr(torch, config["dtype"]),
                          seed=config["seed"], scheduler="ddim")
+    settings = DraftSettings.from_dict(config["settings"]).sized_for(pipe)
     params = prepare_pipeline(pipe, settings)
     broadcast_parameters(params)
     spec = RewardSpec.from_dict(config["reward"])
     reward = build_composite_reward(config["encoder"], spec, device=device,
-                                    roi_set=config["roi_set"], trunc_layer=config["trunc_layer"])
+                                    roi_set=config["rois"], trunc_layer=config["trunc_layer"])
     return WorkerState(pipe, params, reward, make_optimizer(params, settings), settings, spec)
 
 
@@ -332,12 +307,14 @@ def worker_batch(state: WorkerState, config: dict[str, Any], step: int, rank: in
 def run_record(state: WorkerState, config: dict[str, Any], step: int, world: int,
                history: list[dict[str, float]]) -> dict[str, Any]:
     """The ``run.json`` written into every checkpoint."""
-    keys = ("model", "encoder", "seed", "global_batch", "prompts", "roi_set", "trunc_layer",
+    from neuromem.runtime.provenance import versions
+
+    keys = ("model", "encoder", "seed", "global_batch", "prompts", "rois", "trunc_layer",
             "dtype")
     return {
         "step": step, "world_size": world, **{k: config[k] for k in keys},
         "reward": state.spec.to_dict(), "settings": state.settings.to_dict(),
-        "versions": _versions(), "history": history,
+        "versions": versions(("diffusers", "peft", "ray")), "history": history,
     }
 
 
@@ -348,6 +325,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
 
     from neuromem.generation.draft import draft_update, load_lora_into, save_lora
+    from neuromem.jobs.train import WorkerProgress
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -367,6 +345,8 @@ def train_loop(config: dict[str, Any]) -> None:
             start = saved["step"]
             history = json.loads(Path(directory, RUN_RECORD).read_text())["history"]
         logger.info("rank %d resumed at step %d", rank, start)
+    progress = WorkerProgress(config)
+    progress.reach(start)
 
     for step in range(start, config["steps"]):
         tic = time.perf_counter()
@@ -376,6 +356,7 @@ def train_loop(config: dict[str, Any]) -> None:
         metrics.update(step=step + 1, seconds=time.perf_counter() - tic, resumed_from=start,
                        peak_memory_bytes=peak_memory_bytes(device))
         history.append(metrics)
+        progress.reach(step + 1, reward=f"{metrics['reward']:.4g}")
         if (step + 1) % config["checkpoint_every"] and step + 1 != config["steps"]:
             continue
         with tempfile.TemporaryDirectory() as directory:

@@ -64,8 +64,8 @@ class DraftSettings:
         DDIM steps.
     guidance_scale : float
         Classifier-free guidance scale (``<= 1``: conditional prediction only).
-    height, width : int
-        Image size in pixels.
+    height, width : int or None
+        Image size in pixels; None: the model's native size (:meth:`sized_for`).
     learning_rate, weight_decay, max_grad_norm : float
         AdamW and gradient clipping (AlignProp's values by default: 1e-3, 0.1, 5).
     penalty : float
@@ -79,8 +79,8 @@ class DraftSettings:
     lv_samples: int = 2
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
-    height: int = 512
-    width: int = 512
+    height: int | None = 512
+    width: int | None = 512
     learning_rate: float = 1e-3
     weight_decay: float = 0.1
     max_grad_norm: float = 5.0
@@ -97,6 +97,15 @@ class DraftSettings:
             )
         if self.method == "draftlv" and self.lv_samples < 1:
             raise InputError(f"lv_samples must be >= 1, got {self.lv_samples}")
+
+    def sized_for(self, pipe) -> DraftSettings:
+        """These settings with a height or width of None set to the pipeline's native size."""
+        from dataclasses import replace
+
+        from neuromem.generation.pipeline import native_size
+
+        size = native_size(pipe)
+        return replace(self, height=self.height or size, width=self.width or size)
 
     @property
     def grad_steps(self) -> int:
@@ -240,6 +249,23 @@ def local_checkpoint(location: str):
             if exists(join_uri(location, name)):
                 Path(folder, name).write_bytes(read_bytes(join_uri(location, name)))
         yield Path(folder)
+
+
+def read_prompts(location: str) -> list[str]:
+    """Prompts from a text file, one a line, blank lines skipped (local path or URI).
+
+    Raises
+    ------
+    InputError
+        The file cannot be read or holds no prompt.
+    """
+    from neuromem.runtime.storage import read_text
+
+    prompts = [line.strip() for line in read_text(location).splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise InputError(f"{location} holds no prompts; expected one prompt a line")
+    return prompts
 
 
 def sample_seed(seed: int, sample_id: int) -> int:
