@@ -61,9 +61,10 @@ def add_rois(parser: argparse.ArgumentParser) -> None:
 
 
 def add_out(parser: argparse.ArgumentParser, *, what: str = "output folder",
-            overwrite: bool = True) -> None:
+            overwrite: bool = True, uri: bool = True) -> None:
     """``--out`` and, for outputs a rerun could mix with, ``--overwrite``."""
-    parser.add_argument("--out", required=True, help=f"{what} (local path or s3://, gs:// URI)")
+    where = "local path or s3://, gs:// URI" if uri else "local path"
+    parser.add_argument("--out", required=True, help=f"{what} ({where})")
     if overwrite:
         parser.add_argument("--overwrite", action="store_true",
                             help="replace what --out already holds instead of refusing")
@@ -107,3 +108,56 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="torch device: auto (a GPU if visible, else the CPU), cpu, cuda, "
                              "cuda:N")
+
+
+def add_dtype(parser: argparse.ArgumentParser, *, what: str = "model weights") -> None:
+    """``--dtype`` of a model's weights."""
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help=f"dtype of the {what}")
+
+
+def add_sampling(parser: argparse.ArgumentParser, *, inference_steps: int | None = 50,
+                 size_help: str = "image side in pixels (default: the model's native size)"
+                 ) -> None:
+    """Stable Diffusion sampling: ``--inference-steps``, ``--cfg-scale``, ``--negative-prompt``,
+    ``--size`` (denoising steps are ``--inference-steps``; ``--steps`` counts optimisation steps
+    where a command has them)."""
+    parser.add_argument("--inference-steps", type=int, default=inference_steps,
+                        help="denoising steps" + ("" if inference_steps is not None
+                                                  else " (default: 4 for 'tiny', else 50)"))
+    parser.add_argument("--cfg-scale", type=float, default=7.5,
+                        help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="negative prompt of classifier-free guidance (default: none)")
+    from neuromem.generation.pipeline import SCHEDULERS  # torch: only for generation commands
+
+    parser.add_argument("--size", type=int, default=None, help=size_help)
+    parser.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS),
+                        help="noise scheduler")
+
+
+def add_brain_guidance(parser: argparse.ArgumentParser) -> None:
+    """Brain-guidance options (:class:`neuromem.generation.guidance.GuidanceConfig`)."""
+    parser.add_argument("--scale", type=float, required=True,
+                        help="brain guidance scale (required; 0: unguided)")
+    parser.add_argument("--trunc-layer", type=int, default=None,
+                        help="encoder depth where the gradient path stops (default: full depth)")
+    parser.add_argument("--blur-sigma", type=float, default=0.0,
+                        help="Gaussian blur of the pixel gradient, in pixels (0: none)")
+    parser.add_argument("--first-step", type=int, default=0, help="first guided step (from 0)")
+    parser.add_argument("--last-step", type=int, default=None,
+                        help="last guided step, inclusive (default: the last step)")
+
+
+def add_sd_model(parser: argparse.ArgumentParser) -> None:
+    """``--model``: a Stable Diffusion pipeline."""
+    parser.add_argument("--model", required=True,
+                        help="Stable Diffusion 1.x/2.x: local folder, cached hub id, or 'tiny' "
+                             "(seeded random test components)")
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """``--target``: ROI weights of a brain objective."""
+    parser.add_argument("--target", required=True,
+                        help="ROI weights to maximise, e.g. 'PPA:+1,RSC:-1' (names with or "
+                             "without roi_)")

@@ -171,3 +171,40 @@ def test_decompose_errors(tables, capsys):
     assert "zzz" in capsys.readouterr().err
     assert main(["decompose", str(base / "missing"), "--out", out]) == 2
     assert "cannot open score table" in capsys.readouterr().err
+
+
+def test_no_usable_rows_bad_options_and_unwritable_out_are_one_line(tables, tmp_path, capsys):
+    base, _ = tables
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for part in sorted((base / "tribe").glob("*.parquet")):
+        table = pq.read_table(part)
+        nulls = pa.nulls(table.num_rows, pa.float64())
+        table = table.set_column(table.schema.get_field_index("memorability"), "memorability",
+                                 nulls)
+        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
+                       empty / part.name)
+    out = tmp_path / "out"
+    assert main(["decompose", str(empty), "--out", str(out), "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "0 of 90 rows have a finite 'memorability'" in err and len(err.splitlines()) == 1
+    assert not (out / "results.json").exists()  # no report of empty rows
+
+    assert main(["decompose", str(base / "tribe"), "--out", str(out), "--bootstrap", "1"]) == 2
+    assert "--bootstrap must be 0" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["decompose", str(base / "tribe"), "--out", str(blocker / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write to" in err and len(err.splitlines()) == 1
+
+
+def test_decompose_writes_to_a_uri(tables, tmp_path):
+    base, _ = tables
+    target = tmp_path / "remote"
+    code = main(["decompose", f"file://{base / 'tribe'}", "--out", f"file://{target}",
+                 "--bootstrap", "0"])
+    assert code == 0
+    results = json.loads((target / "results.json").read_text())
+    assert results["n_images"] == 90
+    assert {"report.md", "report.html", "roi_bars.png"} <= {p.name for p in target.iterdir()}

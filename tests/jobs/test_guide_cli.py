@@ -14,10 +14,8 @@ from neuromem.cli import main
 from neuromem.cortex.reduce import RoiReducer
 from neuromem.cortex.rois import load_roi_set
 from neuromem.encoders import load_encoder
-from neuromem.errors import InputError
 from neuromem.generation.objective import score_rois
 from neuromem.generation.pipeline import load_pipeline
-from pipelines.cross_eval import diagonal_ranks, zscore_columns
 
 TARGET = "roi_PPA:+1,roi_RSC:-1"
 
@@ -38,7 +36,7 @@ def test_guide_writes_twins_with_the_same_seeds_and_their_responses(tmp_path, sc
     out = tmp_path / "guide"
     code = main(["guide", "--model", "tiny", "--prompt", "a photo of a house", "--target",
                  TARGET, "--encoder", "clip-probe:tiny", "--scale", "1e4", "--n", "2",
-                 "--seed", "5", "--steps", "3", "--out", str(out)])
+                 "--seed", "5", "--inference-steps", "3", "--out", str(out)])
     assert code == 0
     report = json.loads((out / "responses.json").read_text())
     columns = report["columns"]
@@ -72,7 +70,7 @@ def test_enhance_moves_an_image_towards_the_target(tmp_path, scorer):
     Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(source)
     out = tmp_path / "enhance"
     code = main(["enhance", str(source), "--target", TARGET, "--model", "tiny", "--encoder",
-                 "clip-probe:tiny", "--scale", "3e4", "--strength", "0.5", "--steps", "4",
+                 "clip-probe:tiny", "--scale", "3e4", "--strength", "0.5", "--inference-steps", "4",
                  "--out", str(out)])
     assert code == 0
     report = json.loads((out / "responses.json").read_text())
@@ -83,6 +81,13 @@ def test_enhance_moves_an_image_towards_the_target(tmp_path, scorer):
     objective = report["target_objective"]
     assert objective["after"] > objective["reconstruction"]
     assert len(report["guidance_trace"]) == 2  # strength 0.5 of 4 steps
+    # the change is measured against the unguided img2img twin, and against the original too
+    after = report["responses"]["after"]
+    for column in report["columns"]:
+        assert report["change"][column] == pytest.approx(
+            after[column] - report["responses"]["reconstruction"][column])
+        assert report["change_from_original"][column] == pytest.approx(
+            after[column] - report["responses"]["before"][column])
 
 
 def test_cross_eval_matrix_ranks_and_heatmap(tmp_path):
@@ -90,7 +95,7 @@ def test_cross_eval_matrix_ranks_and_heatmap(tmp_path):
     targets = ["roi_PPA", "roi_FFA", "roi_RSC"]
     code = main(["cross-eval", "--model", "tiny", "--prompt", "a photo", "--guide-encoder",
                  "clip-probe:tiny", "--eval-encoder", "tribev2:tiny", "--targets",
-                 ",".join(targets), "--scale", "1e4", "--n", "1", "--steps", "2",
+                 ",".join(targets), "--scale", "1e4", "--n", "1", "--inference-steps", "2",
                  "--out", str(out)])
     assert code == 0
     report = json.loads((out / "cross_eval.json").read_text())
@@ -108,20 +113,16 @@ def test_cross_eval_matrix_ranks_and_heatmap(tmp_path):
     assert len(list((out / "images").rglob("*.png"))) == 3
 
 
-def test_zscore_and_diagonal_ranks():
-    raw_tm = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, 5.0], [2.0, 0.0, 1.0]])
-    z_tm = zscore_columns(raw_tm)
-    np.testing.assert_allclose(z_tm, scipy.stats.zscore(raw_tm, axis=0))
-    np.testing.assert_array_equal(zscore_columns(np.ones((3, 2))), np.zeros((3, 2)))
-    row_rank, column_rank = diagonal_ranks(np.array([[3, 1, 0], [1, 2, 5], [2, 0, 1]]))
-    np.testing.assert_array_equal(row_rank, [1, 2, 2])
-    np.testing.assert_array_equal(column_rank, [1, 1, 2])
-    with pytest.raises(InputError, match="square"):
-        diagonal_ranks(np.zeros((2, 3)))
-
-
-def test_bad_target_is_a_clean_cli_error(tmp_path, capsys):
-    code = main(["guide", "--model", "tiny", "--prompt", "x", "--target", "PPA:+1",
-                 "--encoder", "clip-probe:tiny", "--scale", "1", "--out", str(tmp_path)])
-    assert code == 2
-    assert "roi_PPA" in capsys.readouterr().err
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--target", "NOPE:+1"], "roi_NOPE"),
+    (["--inference-steps", "-2"], "--inference-steps must be at least 1"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--blur-sigma", "-1"], "blur sigma"),
+])
+def test_bad_arguments_are_one_line_before_any_model_loads(tmp_path, capsys, extra, message):
+    given = {"--model": "/nonexistent/model", "--prompt": "x", "--target": "PPA:+1",
+             "--encoder": "clip-probe:tiny", "--scale": "1", "--out": str(tmp_path / "out")}
+    given.update(zip(extra[::2], extra[1::2], strict=True))
+    assert main(["guide", *[part for item in given.items() for part in item]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -20,12 +20,8 @@ import pytest
 import yaml
 
 from neuromem.errors import InputError
-from pipelines.tune_guidance import (
-    check_settings,
-    guided_step_range,
-    trial_resources,
-    trial_score,
-)
+from neuromem.generation.tuning import check_settings, guided_step_range, trial_score
+from neuromem.jobs.tune_guidance import trial_resources
 
 ACCELERATORS = ("A100", "H100")
 
