@@ -47,12 +47,12 @@ TINY_CLIP, DEFAULT_CLIP = "open_clip:tiny", "open_clip:ViT-L-14@openai"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``neuromem evaluate-lora``."""
-    parser.add_argument("--model", required=True, help="Stable Diffusion folder, hub id or 'tiny'")
+    options.add_sd_model(parser)
     parser.add_argument("--lora", required=True,
                         help="a checkpoint folder (holding pytorch_lora_weights.safetensors) or "
                              "a finetune --out folder (its latest checkpoint); path or URI")
-    parser.add_argument("--encoder", default=None,
-                        help="brain encoder spec (default: the one in the checkpoint's run.json)")
+    options.add_encoder(parser, required=False,
+                        help_text="brain encoder (default: the one in the checkpoint's run.json)")
     parser.add_argument("--reward", default=None,
                         help="results.json or weights YAML (default: the checkpoint's reward)")
     parser.add_argument("--correlation", choices=["pearson", "partial"], default="pearson",
@@ -65,12 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="text file, one prompt a line (default: 8 built-in held-out prompts)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                         help="noise seeds; every prompt is drawn with each")
-    parser.add_argument("--inference-steps", type=int, default=None,
-                        help="DDIM denoising steps (default: 4 for 'tiny', else 50)")
-    parser.add_argument("--cfg-scale", type=float, default=7.5,
-                        help="classifier-free guidance scale")
-    parser.add_argument("--size", type=int, default=None,
-                        help="image side in pixels (default: the model's native size)")
+    options.add_sampling(parser, inference_steps=None, negative_prompt=False, scheduler=False)
     parser.add_argument("--clip", default=None, metavar="SPEC",
                         help="open_clip model of prompt fidelity, open_clip:NAME[@WEIGHTS] "
                              f"(default: {TINY_CLIP} for 'tiny', else {DEFAULT_CLIP})")

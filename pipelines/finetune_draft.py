@@ -62,9 +62,8 @@ TRAINER_STATE = "trainer_state.pt"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``neuromem finetune``."""
-    parser.add_argument("--model", required=True,
-                        help="Stable Diffusion folder, cached hub id, or 'tiny'")
-    parser.add_argument("--encoder", required=True, help="brain encoder spec, e.g. clip-probe:tiny")
+    options.add_sd_model(parser)
+    options.add_encoder(parser, help_text="brain encoder of the reward")
     parser.add_argument("--reward", default=None,
                         help="decomposition results.json or weights YAML (default: built-in "
                              "weights LOC 0.05, FFA 0.23, RSC -0.49, PPA -0.37)")
@@ -87,12 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "steps, or re-noised copies of the last step")
     parser.add_argument("--k", type=int, default=1, help="steps with a graph for draftk")
     parser.add_argument("--lv-samples", type=int, default=2, help="re-noised copies for draftlv")
-    parser.add_argument("--inference-steps", type=int, default=None,
-                        help="DDIM denoising steps per sample (default: 4 for 'tiny', else 50)")
-    parser.add_argument("--cfg-scale", type=float, default=7.5,
-                        help="classifier-free guidance scale")
-    parser.add_argument("--size", type=int, default=None,
-                        help="image side in pixels (default: the model's native size)")
+    options.add_sampling(parser, inference_steps=None, negative_prompt=False, scheduler=False)
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     parser.add_argument("--max-grad-norm", type=float, default=5.0,
