@@ -31,8 +31,6 @@ from neuromem.errors import InputError, UnknownNameError
 
 METHODS = ("draft1", "draftk", "draftlv")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-RUN_RECORD = "run.json"
-"""File of a checkpoint recording the run: settings, reward, prompts, step, history."""
 
 
 @dataclass(frozen=True)
@@ -178,94 +176,6 @@ def load_lora_into(unet: torch.nn.Module, directory: str | Path) -> None:
     result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state))
     if getattr(result, "unexpected_keys", None):
         raise InputError(f"LoRA in {directory} does not fit this UNet: {result.unexpected_keys}")
-
-
-def find_lora_checkpoint(location: str) -> str:
-    """The checkpoint folder ``--lora`` means: a checkpoint, or a ``finetune --out`` folder.
-
-    A folder holding :data:`LORA_WEIGHT_NAME` is a checkpoint. Any other folder is searched
-    (recursively) for checkpoints of one run, and the latest is taken: the highest ``step`` in
-    its :data:`RUN_RECORD`, then the last folder name (``checkpoint_000009``).
-
-    Parameters
-    ----------
-    location : str
-        Local path (relative paths are taken from the working directory) or URI.
-
-    Returns
-    -------
-    str
-        The checkpoint folder: an absolute local path, or a URI.
-
-    Raises
-    ------
-    InputError
-        Nothing there, no checkpoint inside, or checkpoints of several runs (the message lists
-        them so the user can name one).
-    """
-    from neuromem.runtime.storage import display, exists, is_dir, join_uri, list_files, read_json
-
-    root = join_uri(location)
-    if exists(join_uri(root, LORA_WEIGHT_NAME)):
-        return root
-    if not is_dir(root):
-        raise InputError(f"--lora {display(location)}: no such folder; expected a checkpoint "
-                         f"folder holding {LORA_WEIGHT_NAME} or a finetune --out folder")
-    found = [path.rpartition("/")[0] for path in list_files(root)
-             if path.rpartition("/")[2] == LORA_WEIGHT_NAME]
-    if not found:
-        raise InputError(f"--lora {display(location)} holds no {LORA_WEIGHT_NAME}; expected a "
-                         "checkpoint folder or a finetune --out folder with checkpoints")
-    runs = sorted({folder.rpartition("/")[0] for folder in found})
-    if len(runs) > 1:
-        raise InputError(f"--lora {display(location)} holds checkpoints of {len(runs)} runs "
-                         f"({', '.join(runs)}); pass the one to evaluate")
-
-    def step(folder: str) -> int:
-        record = join_uri(root, folder, RUN_RECORD)
-        return int(read_json(record).get("step", -1)) if exists(record) else -1
-
-    return join_uri(root, max(found, key=lambda folder: (step(folder), folder)))
-
-
-@contextlib.contextmanager
-def local_checkpoint(location: str):
-    """A local folder with the checkpoint's files (a URI is copied into a temporary folder).
-
-    Yields
-    ------
-    pathlib.Path
-        Holding :data:`LORA_WEIGHT_NAME` and, when the checkpoint has one, :data:`RUN_RECORD`.
-    """
-    import tempfile
-
-    from neuromem.runtime.storage import exists, is_uri, join_uri, read_bytes
-
-    if not is_uri(location):
-        yield Path(location)
-        return
-    with tempfile.TemporaryDirectory(prefix="neuromem-lora-") as folder:
-        for name in (LORA_WEIGHT_NAME, RUN_RECORD):
-            if exists(join_uri(location, name)):
-                Path(folder, name).write_bytes(read_bytes(join_uri(location, name)))
-        yield Path(folder)
-
-
-def read_prompts(location: str) -> list[str]:
-    """Prompts from a text file, one a line, blank lines skipped (local path or URI).
-
-    Raises
-    ------
-    InputError
-        The file cannot be read or holds no prompt.
-    """
-    from neuromem.runtime.storage import read_text
-
-    prompts = [line.strip() for line in read_text(location).splitlines()]
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise InputError(f"{location} holds no prompts; expected one prompt a line")
-    return prompts
 
 
 def sample_seed(seed: int, sample_id: int) -> int:

@@ -18,11 +18,11 @@ from neuromem.generation.draft import (
     sample_seed,
     save_lora,
 )
+from neuromem.generation.evaluation import clip_fidelity
 from neuromem.generation.pipeline import load_pipeline
 from neuromem.generation.reward import RewardSpec, build_composite_reward
 from neuromem.memorability import ResMemAssessor
 from neuromem.networks import load_clip
-from pipelines.evaluate_lora import clip_fidelity
 
 PROMPTS = ["a portrait of a man", "a quiet forest"]
 SEEDS = [0, 3]

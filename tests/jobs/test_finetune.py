@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -14,15 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neuromem.cli import main
+from neuromem.cli import build_parser, main
 from neuromem.errors import InputError
 from neuromem.generation.draft import LORA_WEIGHT_NAME, draft_update, save_lora
 from neuromem.generation.pipeline import load_pipeline
-from neuromem.jobs.train import TrainWorkers
-from pipelines.finetune_draft import (
-    add_arguments,
+from neuromem.jobs.finetune import (
+    FinetuneConfig,
     check_run,
-    config_from_args,
+    loop_config,
     setup_worker,
     worker_batch,
 )
@@ -54,10 +52,9 @@ def write_inputs(tmp_path: Path) -> list[str]:
             "--out", str(tmp_path / "runs"), "--pid-dir", str(tmp_path / "pids")]
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(argv[1:])
+def config_of(argv: list[str]) -> dict:
+    """The training loop's config of a command line."""
+    return loop_config(FinetuneConfig.from_args(build_parser(argv).parse_args(argv)))
 
 
 def wait_for(condition, timeout: float = 300.0) -> None:
@@ -76,9 +73,9 @@ def checkpoint_registered(run_dir: Path) -> bool:
     return snapshot.get("latest_checkpoint_result") is not None
 
 
-def single_process_reference(args) -> dict[str, torch.Tensor]:
+def single_process_reference(argv: list[str]) -> dict[str, torch.Tensor]:
     """The same global batches on one process, no Ray."""
-    config = config_from_args(args)
+    config = config_of(argv)
     state = setup_worker(config, torch.device("cpu"))
     for step in range(config["steps"]):
         batch = worker_batch(state, config, step, rank=0, world=1)
@@ -115,7 +112,7 @@ def test_finetune_two_workers_survive_a_killed_worker(ray_local, tmp_path, capsy
     assert 0 < history[-1]["resumed_from"] < STEPS  # resumed from a checkpoint, not from 0
 
     # the distributed, interrupted run makes the same updates as one uninterrupted process
-    reference = single_process_reference(parse(argv))
+    reference = single_process_reference(argv)
     with torch.no_grad():
         expected_dir = tmp_path / "reference"
         save_lora(reference.pipe.unet, expected_dir)
@@ -142,23 +139,21 @@ def test_finetune_two_workers_survive_a_killed_worker(ray_local, tmp_path, capsy
     assert main(argv) == 2
     assert "--resume" in capsys.readouterr().err
     with pytest.raises(InputError, match="nothing to resume"):
-        check_run(config_from_args(parse(argv)), workers=TrainWorkers(2, 0),
-                  out=str(tmp_path / "runs"), name="other", resume=True)
+        check_run(str(tmp_path / "runs"), "other", resume=True)
 
 
 def test_tiny_model_means_a_tiny_run(tmp_path):
     """``--model tiny`` without sampling options: 4 denoising steps at the native 64 px."""
-    args = parse(["finetune", "--model", "tiny", "--encoder", "clip-probe:tiny", "--steps", "1",
-                  "--out", str(tmp_path / "runs")])
-    config = config_from_args(args)
+    config = config_of(["finetune", "--model", "tiny", "--encoder", "clip-probe:tiny", "--steps",
+                        "1", "--out", str(tmp_path / "runs")])
     assert config["settings"]["num_inference_steps"] == 4
     state = setup_worker(config, torch.device("cpu"))
     assert (state.settings.height, state.settings.width) == (64, 64)
     batch = worker_batch(state, config, 0, rank=0, world=1)
     assert batch.latents_bchw.shape[-2:] == (32, 32)  # 64 px through the VAE's factor 2
-    args = parse(["finetune", "--model", "/some/sd", "--encoder", "clip-probe:tiny", "--steps",
-                  "1", "--out", str(tmp_path / "runs")])
-    assert config_from_args(args)["settings"]["num_inference_steps"] == 50
+    config = config_of(["finetune", "--model", "/some/sd", "--encoder", "clip-probe:tiny",
+                        "--steps", "1", "--out", str(tmp_path / "runs")])
+    assert config["settings"]["num_inference_steps"] == 50
 
 
 def test_score_table_of_another_encoder_is_refused(tmp_path, capsys):

@@ -8,12 +8,8 @@ from pathlib import Path
 import pytest
 
 from neuromem.errors import InputError
-from neuromem.generation.draft import (
-    LORA_WEIGHT_NAME,
-    RUN_RECORD,
-    find_lora_checkpoint,
-    local_checkpoint,
-)
+from neuromem.generation.checkpoints import RUN_RECORD, find_lora_checkpoint, local_checkpoint
+from neuromem.generation.draft import LORA_WEIGHT_NAME
 
 
 def checkpoint(folder: Path, step: int | None) -> Path:
