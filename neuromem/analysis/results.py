@@ -26,14 +26,18 @@ RESULT_KEYS = (
     "spearman_r",
     "spearman_ci",
     "spearman_p",
+    "spearman_q",
     "partial_r",
     "partial_p",
+    "partial_q",
     "partial_ci",
     "within_category",
     "frac_vertices_negative",
     "frac_vertices_positive",
     "spin_p_mean_r",
     "spin_p_coherence",
+    "spin_q_mean_r",
+    "spin_q_coherence",
 )
 """Keys of each ``rois`` record in ``results.json``, in order (a fixed contract)."""
 
@@ -51,17 +55,28 @@ def predictor_names(tables: list[str], metadata: list[dict]) -> list[str]:
     return names
 
 
+#: How every ``*_q`` of ``results.json`` was computed.
+MULTIPLE_COMPARISONS = (
+    "Benjamini-Hochberg q-values, computed per statistic (Pearson, Spearman, partial, each "
+    "category's within-category r, each spin test) within each hemisphere family of ROIs "
+    "(bilateral, lh_, rh_): a bilateral ROI overlaps its hemisphere parts, so the three are "
+    "not distinct tests of one family"
+)
+
+
 def results_record(*, n_images: int, memorability: str, category: str | None, seed: int,
-                   records: list[dict[str, Any]], agreement: list[dict[str, Any]]
-                   ) -> dict[str, Any]:
+                   records: list[dict[str, Any]], agreement: list[dict[str, Any]],
+                   agreement_summary: dict[str, int] | None = None) -> dict[str, Any]:
     """The ``results.json`` content (see the module docstring)."""
     return {
         "n_images": n_images,
         "memorability_column": memorability,
         "category_column": category,
         "seed": seed,
+        "multiple_comparisons": MULTIPLE_COMPARISONS,
         "rois": [{key: record[key] for key in RESULT_KEYS} for record in records],
         "agreement": agreement,
+        "agreement_summary": agreement_summary or {},
     }
 
 
@@ -105,6 +120,7 @@ def report_blocks(
     blocks.append(Block("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())))
     blocks.extend(Block("p", note) for note in notes)
     blocks.append(Block("h2", "Regions"))
+    blocks.append(Block("p", f"q: {MULTIPLE_COMPARISONS}."))
     rows = []
     for rec in sorted(
         records, key=lambda r: -np.inf if r["pearson_r"] is None else -r["pearson_r"]
@@ -119,14 +135,16 @@ def report_blocks(
                 if rec["pearson_ci"][0] is None
                 else f"[{rec['pearson_ci'][0]:.3f}, {rec['pearson_ci'][1]:.3f}]",
                 "p": rec["pearson_p"],
-                "q (BH)": rec["pearson_q"],
+                "q": rec["pearson_q"],
                 "ρ": rec["spearman_r"],
+                "ρ q": rec["spearman_q"],
                 "partial r": rec["partial_r"],
-                "partial p": rec["partial_p"],
+                "partial q": rec["partial_q"],
                 "frac r<0": rec["frac_vertices_negative"],
                 "frac r>0": rec["frac_vertices_positive"],
                 "spin p (mean)": rec["spin_p_mean_r"],
                 "spin p (coherence)": rec["spin_p_coherence"],
+                "spin q (mean)": rec["spin_q_mean_r"],
                 "note": rec["reason"] or "",
             }
         )
@@ -139,7 +157,7 @@ def report_blocks(
                     **{
                         f"{level} {key}": value[key]
                         for level, value in rec["within_category"].items()
-                        for key in ("n", "r", "p")
+                        for key in ("n", "r", "q")
                     },
                 }
                 for rec in records
@@ -149,12 +167,18 @@ def report_blocks(
         blocks.append(Block("table", within))
     if results["agreement"]:
         blocks.append(Block("h2", "Agreement between predictors (Pearson r)"))
+        counts = results["agreement_summary"]
+        blocks.append(Block("p", (
+            "Signs are compared only where every predictor's 95 % interval excludes 0: "
+            f"{counts.get('agree', 0)} ROIs agree, {counts.get('disagree', 0)} disagree, "
+            f"{counts.get('inconclusive', 0)} have an interval spanning 0, "
+            f"{counts.get('all inconclusive', 0)} are inconclusive for every predictor.")))
         blocks.append(
             Block(
                 "table",
                 pd.DataFrame(
                     [
-                        {"ROI": a["roi"], **a["r"], "signs agree": a["signs_agree"]}
+                        {"ROI": a["roi"], **a["r"], "status": a["status"]}
                         for a in results["agreement"]
                     ]
                 ),

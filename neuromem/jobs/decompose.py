@@ -142,7 +142,7 @@ def _ray_running() -> bool:
 
 def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     """Compute the decomposition and write its outputs (see the module docstring)."""
-    from neuromem.analysis.agreement import agreement_records, roi_agreement
+    from neuromem.analysis.agreement import agreement_records, agreement_summary, roi_agreement
     from neuromem.analysis.results import predictor_names, report_blocks, results_record
     from neuromem.analysis.roi_stats import check_columns, roi_statistics
     from neuromem.runtime.provenance import versions
@@ -194,13 +194,13 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         if config.vertices:
             figures += _vertex_statistics(config, primary, metadata[0], primary_records, notes,
                                           out_dir, used_ray, timer)
-        agreement = []
+        agreement, summary = [], {}
         if len(datasets) > 1:
-            agreement = agreement_records(
-                roi_agreement(dict(zip(predictors, records, strict=True))))
+            table = roi_agreement(dict(zip(predictors, records, strict=True)))
+            agreement, summary = agreement_records(table), agreement_summary(table)
         results = results_record(n_images=len(frames[0]), memorability=config.memorability,
                                  category=category, seed=config.seed, records=primary_records,
-                                 agreement=agreement)
+                                 agreement=agreement, agreement_summary=summary)
         write_json(out_dir / "results.json", results)
         with timer.stage("figures and report"):
             figures = _roi_figures(config, frames[0], rois, primary_records, predictors[0],
@@ -223,6 +223,7 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
                        ) -> list[tuple[str, str]]:
     """Vertex map, sign coherence and spin tests into ``records``; returns the figures."""
     from neuromem.analysis.report import plot_coherence_histograms
+    from neuromem.analysis.roi_stats import add_family_q
     from neuromem.analysis.spin import spin_test
     from neuromem.analysis.vertexwise import roi_sign_coherence, vertex_moments
     from neuromem.cortex.plotting import plot_surface_map
@@ -263,6 +264,8 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
             record["spin_p_mean_r"] = None if np.isnan(spin.p_mean_r) else spin.p_mean_r
             record["spin_p_coherence"] = (None if np.isnan(spin.p_coherence)
                                           else spin.p_coherence)
+    add_family_q(records, "spin_p_mean_r", "spin_q_mean_r")
+    add_family_q(records, "spin_p_coherence", "spin_q_coherence")
     figures = [(plot_surface_map(r_v, out_dir / "vertex_r.png", roi_set=roi_set,
                                  title=f"vertex r with {config.memorability}").name,
                 "Vertex r with memorability (inflated fsaverage5)")]

@@ -10,30 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from neuromem.analysis import vertex_pearson
+from neuromem.analysis.results import RESULT_KEYS
 from neuromem.cli import main
 from neuromem.cortex.rois import load_roi_set
 from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_metadata
 
 ROIS = ["FFA", "RSC", "V1"]
-ROI_KEYS = {
-    "roi",
-    "n",
-    "pearson_r",
-    "pearson_ci",
-    "pearson_p",
-    "pearson_q",
-    "spearman_r",
-    "spearman_ci",
-    "spearman_p",
-    "partial_r",
-    "partial_p",
-    "partial_ci",
-    "within_category",
-    "frac_vertices_negative",
-    "frac_vertices_positive",
-    "spin_p_mean_r",
-    "spin_p_coherence",
-}
 
 
 def _write(root, *, seed, trained, n=90, rsc_sign=-1.0):
@@ -106,13 +88,18 @@ def test_decompose_end_to_end(tables):
         "memorability_column",
         "category_column",
         "seed",
+        "multiple_comparisons",
         "rois",
         "agreement",
+        "agreement_summary",
     ]
+    assert "hemisphere family" in results["multiple_comparisons"]
     assert results["n_images"] == 90 and results["category_column"] == "category"
     assert results["seed"] == 5
     by_roi = {r["roi"]: r for r in results["rois"]}
-    assert list(by_roi) == ROIS and all(set(r) == ROI_KEYS for r in results["rois"])
+    assert list(by_roi) == ROIS and all(tuple(r) == RESULT_KEYS for r in results["rois"])
+    # what the reward of `neuromem finetune` reads from each record
+    assert {"roi", "pearson_r", "partial_r", "n"} <= set(RESULT_KEYS)
     rsc, ffa = by_roi["RSC"], by_roi["FFA"]
     assert rsc["pearson_r"] < -0.5 and ffa["pearson_r"] > 0.5
     assert rsc["frac_vertices_negative"] > 0.95 and ffa["frac_vertices_positive"] > 0.95
@@ -127,6 +114,8 @@ def test_decompose_end_to_end(tables):
     )
     agreement = {a["roi"]: a for a in results["agreement"]}
     assert agreement["FFA"]["signs_agree"] is True and agreement["RSC"]["signs_agree"] is False
+    assert agreement["RSC"]["status"] == "disagree" and results["agreement_summary"]["agree"] >= 1
+    assert 0 < rsc["spin_q_mean_r"] <= 1 and rsc["spearman_q"] is not None
     assert set(agreement["RSC"]["r"]) == {"clip-probe:tiny#0", "clip-probe:tiny#1"}
     report = (out / "report.md").read_text()
     assert "NOT trained" in report and "n = 90" in report and "seed 5" in report
