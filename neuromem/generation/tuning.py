@@ -2,7 +2,9 @@
 
 A search configuration (``tune_configs/guidance.yaml``) names the model, prompts, target, the
 guiding and the measuring encoder and a ``search_space`` over the guidance scale, truncation
-layer, blur σ, denoising steps, guided-step range (as fractions of the steps) and, on
+layer (``trunc_layer``: stop the gradient path) or straight-through surrogate layer
+(``surrogate_layer``, CLIP probes), blur σ, gradient path (``grad_path``: ``x0`` or ``unet``),
+``normalize_grad``, denoising steps, guided-step range (as fractions of the steps) and, on
 heterogeneous clusters, the ``accelerator_type`` a trial runs on. A trial's metrics, as running
 means over its images:
 
@@ -46,8 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "max_concurrent_trials": None,
     "storage_path": None,
 }
-GUIDANCE_KEYS = ("scale", "trunc_layer", "blur_sigma", "steps", "first_step_frac",
-                 "last_step_frac")
+GUIDANCE_KEYS = ("scale", "trunc_layer", "surrogate_layer", "blur_sigma", "grad_path",
+                 "normalize_grad", "steps", "first_step_frac", "last_step_frac")
 
 
 

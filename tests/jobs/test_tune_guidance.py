@@ -21,7 +21,7 @@ import yaml
 
 from neuromem.errors import InputError
 from neuromem.generation.tuning import check_settings, guided_step_range, trial_score
-from neuromem.jobs.tune_guidance import trial_resources
+from neuromem.jobs.tune_guidance import trial_guidance, trial_resources
 
 ACCELERATORS = ("A100", "H100")
 
@@ -36,7 +36,8 @@ SETTINGS = {
     "size": 32,
     "search_space": {
         "scale": {"uniform": [1000.0, 30000.0]},
-        "trunc_layer": {"choice": [None, 2]},
+        "surrogate_layer": {"choice": [None, 2]},
+        "grad_path": {"choice": ["x0", "unet"]},
         "blur_sigma": {"uniform": [0.0, 1.0]},
         "steps": 2,
         "first_step_frac": 0.0,
@@ -102,6 +103,8 @@ def test_trials_land_on_the_accelerator_type_their_config_names(tmp_path: Path):
     assert best["guide"]["encoder"] == "clip-probe:tiny"
     assert best["eval_encoder"] == "tribev2:tiny"
     assert (best["guide"]["first_step"], best["guide"]["last_step"]) == (0, 1)
+    assert best["guide"]["surrogate_layer"] in (None, 2) and best["guide"]["trunc_layer"] is None
+    assert best["guide"]["grad_path"] in ("x0", "unet")
 
 
 def test_settings_are_checked():
@@ -127,3 +130,12 @@ def test_step_range_resources_and_score():
     assert bundle == [{"CPU": 4.0, "GPU": 1.0, "accelerator_type:A100": 0.001}]
     assert trial_resources({}, {"CPU": 2}).bundles == [{"CPU": 2.0}]
     assert trial_score(1.0, 0.5, 0.25, {"artifact": 2.0, "fidelity": 4.0}) == -1.0
+
+
+def test_trial_guidance_settings_are_typed_with_guide_defaults():
+    assert trial_guidance({"scale": 10, "surrogate_layer": 2.0, "grad_path": "unet",
+                           "normalize_grad": 1}) == {
+        "scale": 10.0, "trunc_layer": None, "surrogate_layer": 2, "blur_sigma": 0.0,
+        "grad_path": "unet", "normalize_grad": True}
+    check_settings({**SETTINGS, "search_space": {**SETTINGS["search_space"],
+                                                 "normalize_grad": {"choice": [False, True]}}})
