@@ -64,11 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=float, default=0.3, help="dropout of the MLP")
     parser.add_argument("--shuffled-control", action="store_true",
                         help="also train on shuffled pairs (retrieval must fall to chance)")
-    options.add_seed(parser, what="the held-out draw, weights and batch order")
-    options.add_out(parser, what="output folder")
-    options.add_cluster(parser, pool=False)
-    options.add_train_workers(parser)
-    options.add_progress(parser)
+    options.add_train_job(parser, seed_what="the held-out draw, weights and batch order")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,13 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="", help="text prompt (default: none)")
     parser.add_argument("--strength", type=float, default=0.5,
                         help="fraction of the noise schedule re-run, in (0, 1]")
-    options.add_brain_guidance(parser)
-    options.add_sampling(parser, inference_steps=None)
-    options.add_rois(parser)
-    options.add_seed(parser, what="the re-noising")
-    options.add_device(parser)
-    options.add_dtype(parser)
-    options.add_out(parser, overwrite=False, uri=False)
+    options.add_generation(parser, seed_what="the re-noising")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,13 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_target(parser)
     options.add_encoder(parser, help_text="brain encoder guiding and measuring")
     parser.add_argument("--n", type=int, default=4, help="images (seeds)")
-    options.add_brain_guidance(parser)
-    options.add_sampling(parser, inference_steps=None)
-    options.add_rois(parser)
-    options.add_seed(parser, what="the first image (image i: seed + i)")
-    options.add_device(parser)
-    options.add_dtype(parser)
-    options.add_out(parser, overwrite=False, uri=False)
+    options.add_generation(parser, seed_what="the first image (image i: seed + i)")
 
 
 def run(args: argparse.Namespace) -> int:

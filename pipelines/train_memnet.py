@@ -65,11 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use the first N scored images only")
     parser.add_argument("--resmem", action="store_true",
                         help="also assess the test splits with the pretrained ResMem")
-    options.add_seed(parser, what="the heads, random backbone weights and the batch order")
-    options.add_out(parser, what="output folder")
-    options.add_cluster(parser, pool=False)
-    options.add_train_workers(parser)
-    options.add_progress(parser)
+    options.add_train_job(parser, seed_what="the heads, random backbone weights and the batch order")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 Pure functions (numpy/scipy), no Ray; ``pipelines.decompose`` runs them over score tables.
 """
 
-from neuromem.analysis.agreement import agreement_records, roi_agreement
+from neuromem.analysis.agreement import agreement_records, agreement_summary, roi_agreement
 from neuromem.analysis.correlation import Correlation, bh_fdr, pearson, spearman
 from neuromem.analysis.partial import category_dummies, partial_correlation, within_category
 from neuromem.analysis.roi_stats import roi_statistics
@@ -22,6 +22,7 @@ __all__ = [
     "SpinResult",
     "VertexMoments",
     "agreement_records",
+    "agreement_summary",
     "bh_fdr",
     "category_dummies",
     "merge_all",

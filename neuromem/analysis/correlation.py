@@ -252,3 +252,36 @@ def bh_fdr(p_values: np.ndarray) -> np.ndarray:
         q_finite[order] = np.minimum(q_sorted, 1.0)
         q[finite] = q_finite
     return q
+
+
+def hemisphere_family(roi: str) -> str:
+    """The FDR family of an ROI name: ``lh`` (``lh_*``), ``rh`` (``rh_*``) or ``bilateral``.
+
+    A bilateral ROI overlaps its two hemisphere parts, so the three are not distinct tests of
+    one family: q-values are computed within each family.
+    """
+    name = roi.removeprefix("roi_")
+    return "lh" if name.startswith("lh_") else "rh" if name.startswith("rh_") else "bilateral"
+
+
+def bh_fdr_by_family(p_values, families) -> np.ndarray:
+    """Benjamini-Hochberg q-values computed separately within each family.
+
+    Parameters
+    ----------
+    p_values : array-like of shape (m,)
+        NaN p-values stay NaN and do not count.
+    families : sequence of hashable, length m
+        Family of each test (e.g. :func:`hemisphere_family` of its ROI).
+
+    Returns
+    -------
+    ndarray of shape (m,)
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    families = np.asarray(list(families), dtype=object)
+    q = np.full(p.shape, np.nan)
+    for family in dict.fromkeys(families):
+        members = families == family
+        q[members] = bh_fdr(p[members])
+    return q

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from neuromem.analysis.correlation import N_BOOTSTRAP, bh_fdr, pearson, spearman
+from neuromem.analysis.correlation import (
+    N_BOOTSTRAP,
+    bh_fdr_by_family,
+    hemisphere_family,
+    pearson,
+    spearman,
+)
 from neuromem.analysis.partial import partial_correlation, within_category
 from neuromem.errors import InputError, UnknownNameError
 
@@ -104,8 +110,10 @@ def roi_statistics(
                 "spearman_r": _json_float(sp.r),
                 "spearman_ci": _json_ci(sp.ci),
                 "spearman_p": _json_float(sp.p),
+                "spearman_q": None,
                 "partial_r": None if part is None else _json_float(part.r),
                 "partial_p": None if part is None else _json_float(part.p),
+                "partial_q": None,
                 "partial_ci": None if part is None else _json_ci(part.ci),
                 "within_category": {
                     level: {"n": c.n, "r": _json_float(c.r), "p": _json_float(c.p)}
@@ -115,11 +123,30 @@ def roi_statistics(
                 "frac_vertices_positive": None,
                 "spin_p_mean_r": None,
                 "spin_p_coherence": None,
+                "spin_q_mean_r": None,
+                "spin_q_coherence": None,
                 "n_dropped": pr.n_dropped,
                 "reason": pr.reason or (part.reason if part is not None else None),
             }
         )
-    q = bh_fdr([np.nan if r["pearson_p"] is None else r["pearson_p"] for r in records])
-    for record, q_value in zip(records, q, strict=True):
-        record["pearson_q"] = _json_float(q_value)
+    for statistic in ("pearson", "spearman", "partial"):
+        add_family_q(records, f"{statistic}_p", f"{statistic}_q")
+    levels = sorted({level for record in records for level in record["within_category"]})
+    for level in levels:
+        add_family_q([r["within_category"][level] for r in records
+                      if level in r["within_category"]], "p", "q",
+                     rois=[r["roi"] for r in records if level in r["within_category"]])
     return records
+
+
+def add_family_q(records: list[dict], p_key: str, q_key: str, *,
+                 rois: Sequence[str] | None = None) -> None:
+    """Set ``record[q_key]`` to the BH q-value of ``record[p_key]`` within the record's
+    hemisphere family (:func:`~neuromem.analysis.correlation.hemisphere_family`; bilateral,
+    lh and rh ROIs are separate families because they overlap). ``rois`` gives the ROI names
+    when the records have no ``roi`` key."""
+    names = [r["roi"] for r in records] if rois is None else list(rois)
+    p = [np.nan if r.get(p_key) is None else r[p_key] for r in records]
+    q = bh_fdr_by_family(p, [hemisphere_family(name) for name in names])
+    for record, q_value in zip(records, q, strict=True):
+        record[q_key] = _json_float(q_value)

@@ -174,3 +174,25 @@ def add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", required=True,
                         help="ROI weights to maximise, e.g. 'PPA:+1,RSC:-1' (names with or "
                              "without roi_)")
+
+
+def add_generation(parser: argparse.ArgumentParser, *, seed_what: str) -> None:
+    """Everything a brain-guided generation command shares: guidance, sampling, ROI set, seed,
+    device, dtype and a local ``--out``."""
+    add_brain_guidance(parser)
+    add_sampling(parser, inference_steps=None)
+    add_rois(parser)
+    add_seed(parser, what=seed_what)
+    add_device(parser)
+    add_dtype(parser)
+    add_out(parser, overwrite=False, uri=False)
+
+
+def add_train_job(parser: argparse.ArgumentParser, *, seed_what: str) -> None:
+    """The tail of a Ray Train command: seed, ``--out`` (+ ``--overwrite``), cluster address,
+    workers and progress."""
+    add_seed(parser, what=seed_what)
+    add_out(parser, what="output folder")
+    add_cluster(parser, pool=False)
+    add_train_workers(parser)
+    add_progress(parser)

@@ -137,3 +137,38 @@ def load_clip_model(spec: ClipModelSpec, device: str | torch.device = "cpu"):
         model = open_clip.create_model(spec.open_clip_name, pretrained=spec.pretrained or None)
     model.requires_grad_(False)
     return model.to(device).eval(), open_clip.get_tokenizer(spec.open_clip_name)
+
+
+class ProbeFeatureModel:
+    """CLIP image features ``(E,)`` per image as a row model of the image-map engine
+    (:mod:`neuromem.jobs.image_map`), with exactly the ``clip-probe`` encoder's preprocessing.
+
+    Parameters
+    ----------
+    model : dict
+        :class:`ClipModelSpec` fields.
+    """
+
+    clip_frames = 0
+
+    def __init__(self, model: dict[str, Any]) -> None:
+        import pyarrow as pa
+
+        from neuromem.decoding.embeddings import EMBEDDING
+        from neuromem.runtime.device import resolve_device
+
+        self.device = resolve_device("auto")
+        self.encoder = build_feature_encoder(ClipModelSpec(**model), self.device)
+        self.input_size = self.encoder.input_size
+        self.schema = pa.schema([(EMBEDDING, pa.list_(pa.float32(),
+                                                      self.encoder.head.in_features))])
+
+    def __call__(self, decoded):
+        import pyarrow as pa
+
+        from neuromem.data.batch import to_float_pixels
+
+        features_be = image_features(self.encoder, to_float_pixels(decoded.pixels, self.device))
+        width = self.schema.field(0).type.list_size
+        flat = pa.array(features_be.reshape(-1), pa.float32())
+        return pa.table([pa.FixedSizeListArray.from_arrays(flat, width)], schema=self.schema)

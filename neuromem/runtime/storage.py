@@ -16,12 +16,14 @@ inputs go to the ``_errors/`` sub-folder in the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +259,26 @@ def remove(location: str | os.PathLike) -> bool:
     except OSError as error:
         raise InputError(_write_error(location, error)) from None
     return True
+
+
+@contextlib.contextmanager
+def staged_output(location: str | os.PathLike) -> Iterator[Path]:
+    """A local folder for writers that need one (figures, NumPy files), published to
+    ``location`` at the end.
+
+    A local ``location`` is used directly. For a URI the block writes into a temporary folder
+    whose files are uploaded (each atomically) when the block ends without an error.
+    """
+    if not is_uri(location):
+        make_dirs(location)
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="neuromem-out-") as staging:
+        yield Path(staging)
+        for path in sorted(Path(staging).rglob("*")):
+            if path.is_file():
+                write_bytes(join_uri(location, path.relative_to(staging).as_posix()),
+                            path.read_bytes())
 
 
 def check_writable(location: str | os.PathLike) -> None:

@@ -10,30 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from neuromem.analysis import vertex_pearson
+from neuromem.analysis.results import RESULT_KEYS
 from neuromem.cli import main
 from neuromem.cortex.rois import load_roi_set
 from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_metadata
 
 ROIS = ["FFA", "RSC", "V1"]
-ROI_KEYS = {
-    "roi",
-    "n",
-    "pearson_r",
-    "pearson_ci",
-    "pearson_p",
-    "pearson_q",
-    "spearman_r",
-    "spearman_ci",
-    "spearman_p",
-    "partial_r",
-    "partial_p",
-    "partial_ci",
-    "within_category",
-    "frac_vertices_negative",
-    "frac_vertices_positive",
-    "spin_p_mean_r",
-    "spin_p_coherence",
-}
 
 
 def _write(root, *, seed, trained, n=90, rsc_sign=-1.0):
@@ -106,13 +88,18 @@ def test_decompose_end_to_end(tables):
         "memorability_column",
         "category_column",
         "seed",
+        "multiple_comparisons",
         "rois",
         "agreement",
+        "agreement_summary",
     ]
+    assert "hemisphere family" in results["multiple_comparisons"]
     assert results["n_images"] == 90 and results["category_column"] == "category"
     assert results["seed"] == 5
     by_roi = {r["roi"]: r for r in results["rois"]}
-    assert list(by_roi) == ROIS and all(set(r) == ROI_KEYS for r in results["rois"])
+    assert list(by_roi) == ROIS and all(tuple(r) == RESULT_KEYS for r in results["rois"])
+    # what the reward of `neuromem finetune` reads from each record
+    assert {"roi", "pearson_r", "partial_r", "n"} <= set(RESULT_KEYS)
     rsc, ffa = by_roi["RSC"], by_roi["FFA"]
     assert rsc["pearson_r"] < -0.5 and ffa["pearson_r"] > 0.5
     assert rsc["frac_vertices_negative"] > 0.95 and ffa["frac_vertices_positive"] > 0.95
@@ -127,6 +114,8 @@ def test_decompose_end_to_end(tables):
     )
     agreement = {a["roi"]: a for a in results["agreement"]}
     assert agreement["FFA"]["signs_agree"] is True and agreement["RSC"]["signs_agree"] is False
+    assert agreement["RSC"]["status"] == "disagree" and results["agreement_summary"]["agree"] >= 1
+    assert 0 < rsc["spin_q_mean_r"] <= 1 and rsc["spearman_q"] is not None
     assert set(agreement["RSC"]["r"]) == {"clip-probe:tiny#0", "clip-probe:tiny#1"}
     report = (out / "report.md").read_text()
     assert "NOT trained" in report and "n = 90" in report and "seed 5" in report
@@ -171,3 +160,40 @@ def test_decompose_errors(tables, capsys):
     assert "zzz" in capsys.readouterr().err
     assert main(["decompose", str(base / "missing"), "--out", out]) == 2
     assert "cannot open score table" in capsys.readouterr().err
+
+
+def test_no_usable_rows_bad_options_and_unwritable_out_are_one_line(tables, tmp_path, capsys):
+    base, _ = tables
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for part in sorted((base / "tribe").glob("*.parquet")):
+        table = pq.read_table(part)
+        nulls = pa.nulls(table.num_rows, pa.float64())
+        table = table.set_column(table.schema.get_field_index("memorability"), "memorability",
+                                 nulls)
+        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
+                       empty / part.name)
+    out = tmp_path / "out"
+    assert main(["decompose", str(empty), "--out", str(out), "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "0 of 90 rows have a finite 'memorability'" in err and len(err.splitlines()) == 1
+    assert not (out / "results.json").exists()  # no report of empty rows
+
+    assert main(["decompose", str(base / "tribe"), "--out", str(out), "--bootstrap", "1"]) == 2
+    assert "--bootstrap must be 0" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["decompose", str(base / "tribe"), "--out", str(blocker / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write to" in err and len(err.splitlines()) == 1
+
+
+def test_decompose_writes_to_a_uri(tables, tmp_path):
+    base, _ = tables
+    target = tmp_path / "remote"
+    code = main(["decompose", f"file://{base / 'tribe'}", "--out", f"file://{target}",
+                 "--bootstrap", "0"])
+    assert code == 0
+    results = json.loads((target / "results.json").read_text())
+    assert results["n_images"] == 90
+    assert {"report.md", "report.html", "roi_bars.png"} <= {p.name for p in target.iterdir()}

@@ -79,11 +79,12 @@ def distil_case(tmp_path_factory, ray_local):
         paths.append(str(root / f"img_{i:03d}.png"))
         Image.fromarray(image).save(paths[-1])
     targets_nv = _planted_map(_features(pixels), seed=1)
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n then nothing an image needs")
     table = pa.table({
-        "image_id": [f"img_{i:03d}" for i in range(len(pixels))] + ["missing"],
-        "dataset": ["folder"] * (len(pixels) + 1),
-        "source": paths + [str(root / "missing.png")],
-        "vertices": vertices_to_arrow(np.concatenate([targets_nv, targets_nv[:1]])),
+        "image_id": [f"img_{i:03d}" for i in range(len(pixels))] + ["missing", "corrupt"],
+        "dataset": ["folder"] * (len(pixels) + 2),
+        "source": paths + [str(root / "missing.png"), str(root / "corrupt.png")],
+        "vertices": vertices_to_arrow(np.concatenate([targets_nv, targets_nv[:2]])),
     })
     (root / "table").mkdir()
     pq.write_table(table, root / "table" / "part-0.parquet")
@@ -101,9 +102,10 @@ def distil_case(tmp_path_factory, ray_local):
 def test_distilled_probe_recovers_planted_map(distil_case):
     report = json.loads((distil_case["out"] / "r2.json").read_text())
     assert report["training"]["n_train"] + report["training"]["n_test"] == 120
-    assert report["training"]["n_failed"] == 1
-    errors = pd.read_parquet(distil_case["out"] / "errors.parquet")
-    assert errors["image_id"].tolist() == ["missing"] and "not found" in errors["error"][0]
+    assert report["training"]["n_failed"] == 2
+    errors = pd.read_parquet(distil_case["out"] / "errors.parquet").set_index("image_id")
+    assert sorted(errors.index) == ["corrupt", "missing"]
+    assert "not found" in errors.loc["missing", "error"]
     r2_v = np.array(report["vertices"]["r2"], dtype=float)
     assert r2_v.shape == (N_VERTICES,)
     assert np.median(r2_v) > 0.95

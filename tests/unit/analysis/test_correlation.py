@@ -170,3 +170,25 @@ def test_spearman_bca_grouped_jackknife_for_large_n(monkeypatch):
     grouped = spearman(x, y, seed=2, n_resamples=400)
     assert grouped.r == exact.r and grouped.ci != exact.ci
     np.testing.assert_allclose(grouped.ci, exact.ci, atol=2e-3)
+
+
+def test_q_values_of_every_statistic_within_each_hemisphere_family(frame):
+    """BH over bilateral, lh_ and rh_ ROIs separately (they overlap), for every statistic."""
+    data = frame.assign(roi_lh_A=frame["roi_A"] * 0.9 + 0.01, roi_rh_A=frame["roi_B"] * 1.1,
+                        roi_lh_B=frame["roi_B"] - 0.3, roi_rh_B=frame["roi_A"] + frame["roi_B"])
+    rois = ["roi_A", "roi_lh_A", "roi_rh_A", "roi_B", "roi_lh_B", "roi_rh_B"]
+    records = {r["roi"]: r for r in roi_statistics(data, rois, seed=1, n_resamples=200)}
+    families = {"bilateral": ["A", "B"], "lh": ["lh_A", "lh_B"], "rh": ["rh_A", "rh_B"]}
+    for statistic in ("pearson", "spearman", "partial"):
+        for members in families.values():
+            p = [records[m][f"{statistic}_p"] for m in members]
+            expected = multipletests(p, method="fdr_bh")[1]
+            assert [records[m][f"{statistic}_q"] for m in members] == pytest.approx(list(expected))
+        pooled = multipletests([records[r.removeprefix("roi_")][f"{statistic}_p"] for r in rois],
+                               method="fdr_bh")[1]
+        assert [records[r.removeprefix("roi_")][f"{statistic}_q"] for r in rois] != \
+            pytest.approx(list(pooled), rel=1e-6, abs=0)  # not one family of overlapping ROIs
+    for level in ("animal", "object", "scene"):
+        p = [records[m]["within_category"][level]["p"] for m in families["lh"]]
+        q = [records[m]["within_category"][level]["q"] for m in families["lh"]]
+        assert q == pytest.approx(list(multipletests(p, method="fdr_bh")[1]))

@@ -87,3 +87,18 @@ def test_raw_binary_columns_are_stored_plain(tmp_path):
     assert raw.compression == "UNCOMPRESSED" and not raw.has_dictionary_page
     assert raw.statistics is None or not raw.statistics.has_min_max
     assert meta.column(0).compression == "ZSTD"
+
+
+def test_staged_output_publishes_a_local_folder_to_a_uri(tmp_path):
+    from neuromem.runtime.storage import staged_output
+
+    target = f"file://{tmp_path / 'remote'}"
+    with staged_output(target) as folder:
+        assert not str(folder).startswith(str(tmp_path))  # a staging folder, not the target
+        (folder / "figures").mkdir()
+        (folder / "figures" / "a.png").write_bytes(b"png")
+        (folder / "results.json").write_text("{}")
+    assert (tmp_path / "remote" / "figures" / "a.png").read_bytes() == b"png"
+    assert (tmp_path / "remote" / "results.json").read_text() == "{}"
+    with staged_output(tmp_path / "local") as folder:  # a local target is used directly
+        assert folder == tmp_path / "local" and folder.is_dir()

@@ -1,0 +1,287 @@
+"""``neuromem decompose``: memorability by brain region, from one or more score tables.
+
+The first table is the primary one; the others (BOLD5000 measurements, CLIP-probe predictions)
+are compared with it. Per table: ROI statistics (:func:`neuromem.analysis.roi_stats.roi_statistics`);
+for the primary table with ``vertices``: the vertex-level correlation in one streaming pass
+(on Ray as a map-reduce over the table's files with ``ray=True`` or when Ray is already running),
+sign coherence and spin tests. Writes ``results.json`` (:mod:`neuromem.analysis.results`),
+``report.md``, ``report.html``, ``vertex_r.npy`` and PNG figures to ``out`` (local or URI).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from neuromem.analysis.correlation import N_BOOTSTRAP
+from neuromem.analysis.vertexwise import VertexMoments
+from neuromem.errors import InputError, UnknownNameError
+from neuromem.runtime.config import JobConfig
+from neuromem.runtime.progress import StageTimer
+
+log = logging.getLogger(__name__)
+
+#: Fewest rows with a finite memorability that make a decomposition.
+MIN_ROWS = 3
+
+
+@dataclass(frozen=True)
+class DecomposeConfig(JobConfig):
+    """Everything ``neuromem decompose`` needs; fields mirror the command-line options.
+
+    Attributes
+    ----------
+    tables : tuple of str
+        Score tables (folder, file or URI); the first is the primary one.
+    out : str
+        Output folder (local path or URI).
+    memorability : str
+        Memorability column.
+    category : str or None
+        Category column; None: ``category`` when the table has it.
+    covariates : str
+        Comma-separated numeric columns to control for as well.
+    vertices : bool
+        Vertex-level correlations, sign coherence and spin tests.
+    spins : int
+        Random rotations of the spin test (0: none).
+    seed : int
+        Seed of bootstraps and spins.
+    bootstrap : int
+        Resamples of the Spearman BCa interval (0: none).
+    rois : str
+        ROI set giving each ROI's vertices.
+    ray : bool
+        Run the vertex pass as Ray tasks, one per file.
+    address : str or None
+        Ray cluster address.
+    """
+
+    tables: tuple[str, ...]
+    out: str
+    memorability: str = "memorability"
+    category: str | None = None
+    covariates: str = ""
+    vertices: bool = False
+    spins: int = 1000
+    seed: int = 0
+    bootstrap: int = N_BOOTSTRAP
+    rois: str = "default"
+    ray: bool = False
+    address: str | None = None
+    covariate_list: list[str] = field(default_factory=list, init=False, repr=False,
+                                      compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tables", tuple(self.tables))
+        object.__setattr__(self, "covariate_list",
+                           [c.strip() for c in self.covariates.split(",") if c.strip()])
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for values no run can use."""
+        self.require_at_least(0, "spins")
+        if self.bootstrap and self.bootstrap < 100:
+            raise InputError(f"--bootstrap must be 0 (no interval) or at least 100 resamples, "
+                             f"got {self.bootstrap}")
+        if not self.tables:
+            raise InputError("give at least one score table")
+
+    def to_dict(self) -> dict[str, Any]:
+        record = super().to_dict()
+        record.pop("covariate_list", None)
+        return record
+
+
+@dataclass
+class DecomposeSummary:
+    """What a run did (printed at the end)."""
+
+    out: str
+    n_images: int
+    n_rois: int
+    strongest: list[tuple[str, float]]
+    timing: str
+
+    def format(self) -> str:
+        lines = [f"decomposed {self.n_images} images over {self.n_rois} ROIs; wrote "
+                 f"{self.out}/results.json and report.html"]
+        if self.strongest:
+            lines.append("strongest ROIs (Pearson r): " + ", ".join(
+                f"{roi} {r:+.3f}" for roi, r in self.strongest))
+        lines.append(self.timing)
+        return "\n".join(lines)
+
+
+def vertex_moments_ray(dataset, memorability: str) -> VertexMoments:
+    """Map: one Ray task per file computes its moments; reduce: merge on the driver."""
+    import ray
+
+    from neuromem.analysis.vertexwise import merge_all, vertex_moments
+
+    filesystem = dataset.filesystem
+
+    @ray.remote(num_cpus=1)
+    def file_moments(path: str) -> VertexMoments:
+        return vertex_moments(path, memorability, filesystem=filesystem, n_threads=1)
+
+    files = sorted(dataset.files)
+    log.info("vertex pass: %d Ray tasks", len(files))
+    return merge_all(ray.get([file_moments.remote(f) for f in files]))
+
+
+def _ray_running() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
+
+
+def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
+    """Compute the decomposition and write its outputs (see the module docstring)."""
+    from neuromem.analysis.agreement import agreement_records, agreement_summary, roi_agreement
+    from neuromem.analysis.results import predictor_names, report_blocks, results_record
+    from neuromem.analysis.roi_stats import check_columns, roi_statistics
+    from neuromem.runtime.provenance import versions
+    from neuromem.runtime.storage import check_writable, staged_output, write_json
+    from neuromem.scoring.table import VERTICES_COLUMN, open_table, read_metadata, roi_columns
+
+    config.check()
+    timer = StageTimer()
+    datasets = [open_table(t) for t in config.tables]
+    metadata = [read_metadata(d) for d in datasets]
+    primary = datasets[0]
+    names = primary.schema.names
+    category = config.category or ("category" if "category" in names else None)
+    notes = [] if category else ["The table has no `category` column: no category control."]
+    rois = roi_columns(primary.schema)
+    if not rois:
+        raise UnknownNameError(f"{config.tables[0]} has no ROI columns (roi_<NAME>); columns: "
+                               f"{names}")
+    if config.vertices and VERTICES_COLUMN not in names:
+        raise UnknownNameError(f"--vertices needs a {VERTICES_COLUMN!r} column in "
+                               f"{config.tables[0]}; score the images with `neuromem score "
+                               "--keep-vertices`")
+    check_writable(config.out)
+
+    frames, records = [], []
+    for i, dataset in enumerate(datasets):
+        table_rois = roi_columns(dataset.schema)
+        cols = [config.memorability, *([category] if category else []),
+                *config.covariate_list, *table_rois]
+        check_columns(dataset.schema.names, cols, what=str(config.tables[i]))
+        with timer.stage(f"read table {i + 1}"):
+            frame = dataset.to_table(columns=cols).to_pandas()
+        usable = int(np.isfinite(frame[config.memorability].to_numpy(dtype=float)).sum())
+        if usable < MIN_ROWS:
+            raise InputError(f"{config.tables[i]}: {usable} of {len(frame)} rows have a finite "
+                             f"{config.memorability!r}; a decomposition needs at least "
+                             f"{MIN_ROWS} (is this the right --memorability column?)")
+        frames.append(frame)
+        with timer.stage("ROI statistics"):
+            records.append(roi_statistics(frame, table_rois, memorability=config.memorability,
+                                          category=category, covariates=config.covariate_list,
+                                          seed=config.seed, n_resamples=config.bootstrap))
+    primary_records = records[0]
+    used_ray = config.vertices and (config.ray or _ray_running())
+    predictors = predictor_names(list(config.tables), metadata)
+
+    with staged_output(config.out) as out_dir:
+        figures: list[tuple[str, str]] = []
+        if config.vertices:
+            figures += _vertex_statistics(config, primary, metadata[0], primary_records, notes,
+                                          out_dir, used_ray, timer)
+        agreement, summary = [], {}
+        if len(datasets) > 1:
+            table = roi_agreement(dict(zip(predictors, records, strict=True)))
+            agreement, summary = agreement_records(table), agreement_summary(table)
+        results = results_record(n_images=len(frames[0]), memorability=config.memorability,
+                                 category=category, seed=config.seed, records=primary_records,
+                                 agreement=agreement, agreement_summary=summary)
+        write_json(out_dir / "results.json", results)
+        with timer.stage("figures and report"):
+            figures = _roi_figures(config, frames[0], rois, primary_records, predictors[0],
+                                   category, out_dir) + figures
+            settings = {**config.to_dict(), "category": category,
+                        "covariates": config.covariate_list}
+            from neuromem.analysis.report import write_report
+
+            blocks = report_blocks(settings, results, primary_records, metadata, predictors,
+                                   notes, figures, versions(("ray",) if used_ray else ()))
+            write_report(out_dir, blocks, title="neuromem decomposition")
+    ranked = sorted((r for r in primary_records if r["pearson_r"] is not None),
+                    key=lambda r: -abs(r["pearson_r"]))
+    return DecomposeSummary(config.out, len(frames[0]), len(primary_records),
+                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format())
+
+
+def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records: list[dict],
+                       notes: list[str], out_dir, used_ray: bool, timer: StageTimer
+                       ) -> list[tuple[str, str]]:
+    """Vertex map, sign coherence and spin tests into ``records``; returns the figures."""
+    from neuromem.analysis.report import plot_coherence_histograms
+    from neuromem.analysis.roi_stats import add_family_q
+    from neuromem.analysis.spin import spin_test
+    from neuromem.analysis.vertexwise import roi_sign_coherence, vertex_moments
+    from neuromem.cortex.plotting import plot_surface_map
+    from neuromem.cortex.rois import load_roi_set
+    from neuromem.jobs.session import ray_session
+
+    with timer.stage("vertex pass"):
+        if used_ray:
+            with ray_session(config.address):
+                moments = vertex_moments_ray(primary, config.memorability)
+        else:
+            moments = vertex_moments(primary, config.memorability)
+    r_v = moments.pearson_r()
+    np.save(out_dir / "vertex_r.npy", r_v.astype(np.float32))
+    roi_set = load_roi_set(config.rois)
+    roi_names = [r["roi"] for r in records]
+    roi_idx = {r: roi_set.indices[r] for r in roi_names if r in roi_set.indices}
+    table_rois = metadata.get("rois") or {}
+    table_hash = table_rois.get("indices_sha256") if isinstance(table_rois, dict) else None
+    if table_hash and table_hash != roi_set.to_dict()["indices_sha256"]:
+        notes.append(f"The ROI set `{config.rois}` differs from the one the table was scored "
+                     f"with ({table_rois.get('name')}): vertex statistics use `{config.rois}`.")
+    missing = [r for r in roi_names if r not in roi_idx]
+    if missing:
+        notes.append(f"No vertices known for ROIs {missing} in ROI set `{config.rois}`.")
+    coherence = roi_sign_coherence(r_v, roi_idx)
+    with timer.stage("spin test"):
+        spins = (spin_test(r_v, roi_idx, n_spins=config.spins, seed=config.seed)
+                 if config.spins else {})
+    for record in records:
+        roi = record["roi"]
+        if roi in coherence:
+            neg, pos = coherence[roi]
+            record["frac_vertices_negative"] = None if np.isnan(neg) else neg
+            record["frac_vertices_positive"] = None if np.isnan(pos) else pos
+        if roi in spins:
+            spin = spins[roi]
+            record["spin_p_mean_r"] = None if np.isnan(spin.p_mean_r) else spin.p_mean_r
+            record["spin_p_coherence"] = (None if np.isnan(spin.p_coherence)
+                                          else spin.p_coherence)
+    add_family_q(records, "spin_p_mean_r", "spin_q_mean_r")
+    add_family_q(records, "spin_p_coherence", "spin_q_coherence")
+    figures = [(plot_surface_map(r_v, out_dir / "vertex_r.png", roi_set=roi_set,
+                                 title=f"vertex r with {config.memorability}").name,
+                "Vertex r with memorability (inflated fsaverage5)")]
+    if roi_idx:
+        figures.append((plot_coherence_histograms(r_v, roi_idx, out_dir / "coherence.png").name,
+                        "Vertex r within each ROI"))
+    return figures
+
+
+def _roi_figures(config: DecomposeConfig, frame, rois: list[str], records: list[dict],
+                 predictor: str, category: str | None, out_dir) -> list[tuple[str, str]]:
+    from neuromem.analysis.report import plot_roi_bars, plot_roi_scatter
+
+    bars = plot_roi_bars(records, out_dir / "roi_bars.png",
+                         title=f"{predictor}: ROI r with {config.memorability}")
+    scatter = plot_roi_scatter(frame, rois, config.memorability, out_dir / "roi_scatter.png",
+                               category=category, seed=config.seed)
+    return [(bars.name, "ROI correlations with memorability (95 % CI; diamonds: partial r)"),
+            (scatter.name, "ROI response against memorability")]
