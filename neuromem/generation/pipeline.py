@@ -15,6 +15,13 @@ from neuromem.errors import InputError, MissingWeightsError, UnknownNameError
 
 TINY = "tiny"
 TINY_MAX_TOKENS = 77
+#: Denoising steps when none are given: the test model runs a few, a real model 50.
+TINY_INFERENCE_STEPS, DEFAULT_INFERENCE_STEPS = 4, 50
+
+
+def default_inference_steps(model: str) -> int:
+    """Denoising steps of ``model`` when the user gives none (a tiny run for ``tiny``)."""
+    return TINY_INFERENCE_STEPS if model == TINY else DEFAULT_INFERENCE_STEPS
 
 # name -> diffusers scheduler class name; all predict epsilon on alphas_cumprod and leave the
 # model input unscaled, which the guided sampler's update relies on.

@@ -34,9 +34,6 @@ from neuromem.runtime.storage import check_writable, write_json
 
 log = logging.getLogger(__name__)
 
-#: Denoising steps when ``--inference-steps`` is not given: a test model runs a few.
-TINY_INFERENCE_STEPS, DEFAULT_INFERENCE_STEPS = 4, 50
-
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationConfig(JobConfig):
@@ -88,9 +85,11 @@ class GenerationConfig(JobConfig):
     @property
     def steps(self) -> int:
         """Denoising steps, resolved from the model when not given."""
+        from neuromem.generation.pipeline import default_inference_steps
+
         if self.inference_steps is not None:
             return self.inference_steps
-        return TINY_INFERENCE_STEPS if self.model == "tiny" else DEFAULT_INFERENCE_STEPS
+        return default_inference_steps(self.model)
 
     def check(self) -> None:
         """Raise :class:`InputError` for values no run can use (before any model loads)."""

@@ -92,9 +92,10 @@ def trial_progress(settings: dict[str, Any], *, enabled: bool = True):
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             if self.bar is None:
-                total = len(settings["prompts"]) * int(settings["num_samples"])
-                self.bar = progress_bar(total, desc="tune-guidance (prompts over trials)",
+                self.bar = progress_bar(None, desc="tune-guidance (prompts over trials)",
                                         unit="prompt", enabled=enabled)
+            # every trial created so far runs all prompts unless ASHA stops it: an upper bound
+            self.bar.total = len(settings["prompts"]) * len(trials)
             self.best = max(self.best, float(result.get("score", -np.inf)))
             self.bar.set_postfix(best_score=f"{self.best:.4g}")
             self.bar.update(1)
@@ -163,7 +164,7 @@ def guidance_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
 
     placement = node_placement()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    steps = int(config["steps"])
+    steps = int(config["inference_steps"])
     first, last = guided_step_range(steps, config.get("first_step_frac", 0.0),
                                     config.get("last_step_frac", 1.0))
     guidance_config = GuidanceConfig(**trial_guidance(config), first_step=first, last_step=last)
@@ -265,7 +266,8 @@ def write_outputs(results, settings: dict[str, Any], out: Path) -> dict[str, Any
         "guide": {
             "model": settings["model"], "target": settings["target"],
             "encoder": settings["guide_encoder"], **trial_guidance(config),
-            "steps": int(config["steps"]), "first_step": int(first), "last_step": int(last),
+            "inference_steps": int(config["inference_steps"]), "first_step": int(first),
+            "last_step": int(last),
             "cfg_scale": settings["cfg_scale"], "scheduler": settings["scheduler"],
         },
         "config": config,
