@@ -103,9 +103,9 @@ def check_settings(raw: Any) -> dict[str, Any]:
         raise InputError("search_space needs at least 'scale'")
     for name, spec in space.items():
         search_dimension(name, spec)  # raises on malformed entries
-    from neuromem.generation.pipeline import default_inference_steps  # torch: after the checks
+    from neuromem.generation.pipeline import inference_steps_for  # torch: after the checks
 
-    settings["search_space"] = {"inference_steps": default_inference_steps(settings["model"]),
+    settings["search_space"] = {"inference_steps": inference_steps_for(settings["model"]),
                                 **space}
     return settings
 

@@ -85,11 +85,9 @@ class GenerationConfig(JobConfig):
     @property
     def steps(self) -> int:
         """Denoising steps, resolved from the model when not given."""
-        from neuromem.generation.pipeline import default_inference_steps
+        from neuromem.generation.pipeline import inference_steps_for
 
-        if self.inference_steps is not None:
-            return self.inference_steps
-        return default_inference_steps(self.model)
+        return inference_steps_for(self.model, self.inference_steps)
 
     def check(self) -> None:
         """Raise :class:`InputError` for values no run can use (before any model loads)."""
