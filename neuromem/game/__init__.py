@@ -1,2 +1,2 @@
-"""The memory game: studies, sequences, the web app and its database, scoring of human responses,
-comparisons of conditions, simulated participants."""
+"""The memory game: continuous-recognition studies (the LaMem protocol), served as a web app
+with a database, scored into human memorability, compared across conditions, simulated."""
