@@ -71,13 +71,27 @@ def check_feasible(study, *, source: str = "study") -> None:
 
 
 def choose_targets(target_ids: Sequence[str], times_target: Mapping[str, int], n: int,
-                   rng: np.random.Generator) -> list[str]:
+                   rng: np.random.Generator, pair_of: Mapping[str, str | None] | None = None
+                   ) -> list[str]:
     """The ``n`` measured images a new participant gets as targets: those that have been a
-    target least often so far, ties broken at random."""
+    target least often so far, ties broken at random, at most one image of each pair (a
+    participant never sees both twins of a base/engineered pair as targets)."""
+    pair_of = pair_of or {}
     tiebreak = rng.permutation(len(target_ids))
     order = sorted(range(len(target_ids)),
                    key=lambda i: (times_target.get(target_ids[i], 0), tiebreak[i]))
-    return [target_ids[i] for i in order[:n]]
+    chosen, pairs = [], set()
+    for i in order:
+        pair = pair_of.get(target_ids[i])
+        if pair is not None and pair in pairs:
+            continue
+        chosen.append(target_ids[i])
+        if pair is not None:
+            pairs.add(pair)
+        if len(chosen) == n:
+            return chosen
+    raise InputError(f"only {len(chosen)} targets can be drawn without showing both twins of a "
+                     f"pair; the study asks for {n} per participant")
 
 
 def _place_pairs(free: np.ndarray, n: int, lags: tuple[int, int], rng: np.random.Generator
@@ -110,7 +124,14 @@ def build_sequence(study, targets: Sequence[str], rng: np.random.Generator) -> l
     """
     s = study.sequence
     targets = list(targets)
-    fillers = [i for i in study.filler_ids] + [i for i in study.target_ids if i not in targets]
+    by_id = study.by_id
+    target_pairs_seen = {by_id[t].pair for t in targets} - {None}
+    fillers = [i for i in study.filler_ids] + [
+        i for i in study.target_ids
+        if i not in targets and by_id[i].pair not in target_pairs_seen]  # no twin as a filler
+    if len(fillers) < s.length - 2 * len(targets) - s.vigilance:
+        raise InputError(f"study {study.name}: too few fillers for a sequence of {s.length}; "
+                         "add images without a condition")
     for _ in range(MAX_ATTEMPTS):
         free = np.ones(s.length, dtype=bool)
         target_pairs = _place_pairs(free, len(targets), s.target_lag, rng)
