@@ -1,10 +1,10 @@
 """The memory-game page played end to end in headless Chromium (Debian's ``chromium``, driven by
 Playwright's Python API through ``executable_path``; no Playwright browser download).
 
-A participant arrives from Prolific, presses the space bar at every image it has seen before,
-reloads the page mid-session (the session resumes), and sees the completion code; the database
-then holds one response per trial with presses exactly at the repeats. A second session for the
-same participant is refused on the page.
+A participant arrives from Prolific, taps the first repeated image and presses the space bar at
+every other image it has seen before, reloads the page mid-session (the session resumes), and
+sees the completion code; the database then holds one response per trial with presses exactly at
+the repeats. A second session for the same participant is refused on the page.
 
 ``python -m tests.jobs.test_game_browser docs/game.png`` writes the README's screenshot.
 """
@@ -70,8 +70,8 @@ _NEXT_TRIAL = """([last]) => {
 def _play(page, *, reload_at: int) -> tuple[dict[int, str], list[int], list[int], str]:
     """Play like a perfect participant.
 
-    Returns position → image, the positions in the order shown, the pressed positions and the
-    completion code.
+    Returns position → image, the positions in the order shown, the pressed (or, for the first
+    repeat, tapped) positions and the completion code.
     """
     shown: dict[int, str] = {}
     order: list[int] = []
@@ -86,7 +86,10 @@ def _play(page, *, reload_at: int) -> tuple[dict[int, str], list[int], list[int]
         order.append(position)
         image = page.get_attribute("#picture", "src")
         if any(img == image and pos < position for pos, img in shown.items()):
-            page.keyboard.press("Space")
+            if pressed:
+                page.keyboard.press("Space")
+            else:
+                page.tap("#frame")  # the first repeat is tapped, as on a touch screen
             pressed.append(position)
         shown[position] = image
         if position == reload_at and not reloaded:
@@ -104,7 +107,7 @@ def test_the_page_played_in_chromium_stores_every_response(tmp_path):
     with background(app) as url, sync_playwright() as playwright:
         browser = _launch(playwright)
         try:
-            page = browser.new_page()
+            page = browser.new_context(has_touch=True).new_page()
             page.goto(url + "/" + query)
             assert "already seen" in page.inner_text("#intro")
             page.click("#start")
