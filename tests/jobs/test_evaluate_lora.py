@@ -114,6 +114,12 @@ def test_evaluate_lora_report(tmp_path, capsys, monkeypatch):
 
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape == (4 * 64, 128, 3)
+    # every twin as its own file, the same name under base/ and lora/ (a game study's pairs)
+    names = sorted(p.name for p in (out / "base").iterdir())
+    assert len(names) == 4 and names == sorted(p.name for p in (out / "lora").iterdir())
+    first = json.loads((out / "evaluation.json").read_text())["images"][0]["png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "base" / first)), grid[:64, :64])
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "lora" / first)), grid[:64, 64:])
     expected_left = (base.permute(0, 2, 3, 1).reshape(-1, 64, 3) * 255).numpy()
     assert np.abs(grid[:, :64].astype(float) - expected_left).max() <= 1.0
     report = (out / "report.md").read_text()
