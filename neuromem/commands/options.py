@@ -117,23 +117,26 @@ def add_dtype(parser: argparse.ArgumentParser, *, what: str = "model weights") -
 
 
 def add_sampling(parser: argparse.ArgumentParser, *, inference_steps: int | None = 50,
-                 size_help: str = "image side in pixels (default: the model's native size)"
-                 ) -> None:
+                 size_help: str = "image side in pixels (default: the model's native size)",
+                 negative_prompt: bool = True, scheduler: bool = True) -> None:
     """Stable Diffusion sampling: ``--inference-steps``, ``--cfg-scale``, ``--negative-prompt``,
-    ``--size`` (denoising steps are ``--inference-steps``; ``--steps`` counts optimisation steps
-    where a command has them)."""
+    ``--size``, ``--scheduler`` (denoising steps are ``--inference-steps``; ``--steps`` counts
+    optimisation steps where a command has them). Commands that sample with DDIM only and
+    without a negative prompt (DRaFT) leave out ``negative_prompt`` and ``scheduler``."""
     parser.add_argument("--inference-steps", type=int, default=inference_steps,
                         help="denoising steps" + ("" if inference_steps is not None
                                                   else " (default: 4 for 'tiny', else 50)"))
     parser.add_argument("--cfg-scale", type=float, default=7.5,
                         help="classifier-free guidance scale (1: none)")
-    parser.add_argument("--negative-prompt", default=None,
-                        help="negative prompt of classifier-free guidance (default: none)")
-    from neuromem.generation.pipeline import SCHEDULERS  # torch: only for generation commands
-
+    if negative_prompt:
+        parser.add_argument("--negative-prompt", default=None,
+                            help="negative prompt of classifier-free guidance (default: none)")
     parser.add_argument("--size", type=int, default=None, help=size_help)
-    parser.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS),
-                        help="noise scheduler")
+    if scheduler:
+        from neuromem.generation.pipeline import SCHEDULERS  # torch: generation commands only
+
+        parser.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS),
+                            help="noise scheduler")
 
 
 def add_encoder_gradient(parser: argparse.ArgumentParser) -> None:

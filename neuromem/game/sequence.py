@@ -61,9 +61,11 @@ def check_feasible(study, *, source: str = "study") -> None:
     if s.target_lag[0] >= s.length:
         raise InputError(f"{source}: target_lag {list(s.target_lag)} does not fit a sequence of "
                          f"{s.length}")
-    if len(study.target_ids) < s.targets:
-        raise InputError(f"{source}: {s.targets} targets per participant, but only "
-                         f"{len(study.target_ids)} images have a condition")
+    by_id = study.by_id
+    drawable = len({by_id[i].pair or f"image:{i}" for i in study.target_ids})
+    if drawable < s.targets:
+        raise InputError(f"{source}: {s.targets} targets per participant, but only {drawable} "
+                         "can be drawn (images with a condition, one per pair)")
     needed = s.length - s.targets - s.vigilance  # distinct images shown by one participant
     if len(study.images) < needed:
         raise InputError(f"{source}: a participant sees {needed} distinct images, the study has "
@@ -125,10 +127,14 @@ def build_sequence(study, targets: Sequence[str], rng: np.random.Generator) -> l
     s = study.sequence
     targets = list(targets)
     by_id = study.by_id
-    target_pairs_seen = {by_id[t].pair for t in targets} - {None}
-    fillers = [i for i in study.filler_ids] + [
-        i for i in study.target_ids
-        if i not in targets and by_id[i].pair not in target_pairs_seen]  # no twin as a filler
+    pairs_seen = {by_id[t].pair for t in targets} - {None}
+    fillers = list(study.filler_ids)
+    for image_id in rng.permutation(study.target_ids):  # at most one image of a pair is shown
+        pair = by_id[image_id].pair
+        if image_id not in targets and pair not in pairs_seen:
+            fillers.append(str(image_id))
+            if pair is not None:
+                pairs_seen.add(pair)
     if len(fillers) < s.length - 2 * len(targets) - s.vigilance:
         raise InputError(f"study {study.name}: too few fillers for a sequence of {s.length}; "
                          "add images without a condition")
