@@ -141,10 +141,23 @@ def add_sampling(parser: argparse.ArgumentParser, *, inference_steps: int | None
 
 def add_brain_guidance(parser: argparse.ArgumentParser) -> None:
     """Brain-guidance options (:class:`neuromem.generation.guidance.GuidanceConfig`)."""
+    from neuromem.generation.guidance import GRAD_PATHS  # torch: only for generation commands
+
     parser.add_argument("--scale", type=float, required=True,
                         help="brain guidance scale (required; 0: unguided)")
     parser.add_argument("--trunc-layer", type=int, default=None,
-                        help="encoder depth where the gradient path stops (default: full depth)")
+                        help="encoder depth where the gradient path stops, value unchanged "
+                             "(default: full depth)")
+    parser.add_argument("--surrogate-layer", type=int, default=None,
+                        help="straight-through surrogate: the encoder's value with the gradient "
+                             "of its read-out at this depth (clip-probe encoders; default: none)")
+    parser.add_argument("--grad-path", choices=GRAD_PATHS, default="x0",
+                        help="x0: noise prediction held fixed in the clean-image estimate (no "
+                             "UNet backward); unet: full backward through the UNet (slower; "
+                             "scales differ between the two)")
+    parser.add_argument("--normalize-grad", action="store_true",
+                        help="scale each step's pixel gradient to unit RMS per image, so a "
+                             "scale means the same for every encoder")
     parser.add_argument("--blur-sigma", type=float, default=0.0,
                         help="Gaussian blur of the pixel gradient, in pixels (0: none)")
     parser.add_argument("--first-step", type=int, default=0, help="first guided step (from 0)")
