@@ -31,11 +31,22 @@ TINY_CLIP, DEFAULT_CLIP = "open_clip:tiny", "open_clip:ViT-L-14@openai"
 OUTPUTS = ("evaluation.json", "per_image.csv", "report.md", "grid.png")
 
 
+#: ``--seeds`` when not given: one for ``--model tiny`` (a run of seconds), else four.
+TINY_SEEDS, DEFAULT_SEEDS = (0,), (0, 1, 2, 3)
+
+
 def clip_for(model: str, clip: str | None = None) -> str:
     """The CLIP spec of prompt fidelity: ``clip`` when given, else the model's default."""
     from neuromem.generation.pipeline import TINY
 
     return clip or (TINY_CLIP if model == TINY else DEFAULT_CLIP)
+
+
+def seeds_for(model: str, seeds: tuple[int, ...] | None = None) -> list[int]:
+    """The noise seeds drawn for every prompt: ``seeds`` when given, else the model's default."""
+    from neuromem.generation.pipeline import TINY
+
+    return list(seeds or (TINY_SEEDS if model == TINY else DEFAULT_SEEDS))
 
 
 @torch.no_grad()

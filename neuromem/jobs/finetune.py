@@ -308,7 +308,7 @@ def train_loop(config: dict[str, Any]) -> None:
             start, history = read_checkpoint(folder, state.pipe.unet, state.optimizer, device)
         logger.info("rank %d resumed at step %d", rank, start)
     progress = WorkerProgress(config)
-    progress.reach(start)
+    progress.start(start)
 
     for step in range(start, config["steps"]):
         tic = time.perf_counter()

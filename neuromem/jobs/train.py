@@ -107,13 +107,24 @@ class WorkerProgress:
         if self.actor is not None:
             self.actor.reach.remote(done, postfix)
 
+    def start(self, done: int = 0) -> None:
+        """The loop is set up with ``done`` steps behind it (0, or a checkpoint's step): the
+        bar's clock starts now, so start-up time stays out of the rate and the ETA."""
+        if self.actor is not None:
+            self.actor.start.remote(done)
+
 
 class _ProgressRelay:
-    """Actor holding the steps done and the latest postfix."""
+    """Actor holding the steps done, the latest postfix, and how often a loop started."""
 
     def __init__(self) -> None:
         self.done = 0
         self.postfix: dict[str, Any] = {}
+        self.starts = 0
+
+    def start(self, done: int) -> None:
+        self.done = max(self.done, done)
+        self.starts += 1
 
     def advance(self, n: int, postfix: dict[str, Any]) -> None:
         self.done += n
@@ -123,8 +134,8 @@ class _ProgressRelay:
         self.done = max(self.done, done)
         self.postfix.update(postfix)
 
-    def read(self) -> tuple[int, dict[str, Any]]:
-        return self.done, self.postfix
+    def read(self) -> tuple[int, dict[str, Any], int]:
+        return self.done, self.postfix, self.starts
 
 
 def storage_path(out: str) -> str:
@@ -211,10 +222,14 @@ def _fit_with_bar(trainer, relay, total: int | None, desc: str, unit: str):
 
     def follow() -> None:
         with progress_bar(total, desc=desc, unit=unit) as bar:
-            shown = 0
+            shown, seen_starts = 0, 0
             while True:
                 stop = finished.wait(0.5)
-                done, postfix = ray.get(relay.read.remote())
+                done, postfix, starts = ray.get(relay.read.remote())
+                if starts > seen_starts:  # a loop (re)started: time the rate from here
+                    bar.reset(total)
+                    bar.initial = bar.n = shown = done
+                    seen_starts = starts
                 if done > shown:
                     bar.set_postfix(postfix, refresh=False)
                     bar.update(done - shown)
