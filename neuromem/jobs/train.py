@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuromem.errors import InputError
+from neuromem.jobs.progress import start_relay
 from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import progress_bar
 from neuromem.runtime.storage import join_uri
@@ -103,21 +104,6 @@ class WorkerProgress:
             self.actor.advance.remote(n, postfix)
 
 
-class _ProgressRelay:
-    """Actor holding the steps done and the latest postfix."""
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.postfix: dict[str, Any] = {}
-
-    def advance(self, n: int, postfix: dict[str, Any]) -> None:
-        self.done += n
-        self.postfix.update(postfix)
-
-    def read(self) -> tuple[int, dict[str, Any]]:
-        return self.done, self.postfix
-
-
 def storage_path(out: str) -> str:
     """Where Ray Train keeps a run's checkpoints: ``OUT/ray`` (a URI stays a URI)."""
     return join_uri(out, "ray")
@@ -161,13 +147,12 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
     InputError
         When training ended without a checkpoint.
     """
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     workers.check()
     gpus = workers.gpus()
-    relay = ray.remote(num_cpus=0)(_ProgressRelay).remote() if progress else None
+    relay = start_relay() if progress else None
     trainer = TorchTrainer(
         loop,
         train_loop_config={**config, PROGRESS_KEY: relay},

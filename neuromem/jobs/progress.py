@@ -1,0 +1,35 @@
+"""Progress of work done inside Ray tasks and workers, relayed to the driver's bar.
+
+A task's or worker's progress (a step, one ROI fitted) reaches the driver only when it returns;
+for bars that move while long tasks run, the driver makes a :class:`ProgressRelay` actor, hands
+it to the tasks, which call ``relay.advance.remote(n)`` (fire and forget), and reads it with
+``relay.read.remote()`` while it waits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProgressRelay:
+    """Actor holding the units done and the latest postfix (``ray.remote(num_cpus=0)(...)``)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.postfix: dict[str, Any] = {}
+
+    def advance(self, n: int = 1, postfix: dict[str, Any] | None = None) -> None:
+        """``n`` more units done; ``postfix`` (e.g. ``{"loss": 0.3}``) is shown by the bar."""
+        self.done += n
+        self.postfix.update(postfix or {})
+
+    def read(self) -> tuple[int, dict[str, Any]]:
+        """Units done so far and the latest postfix."""
+        return self.done, self.postfix
+
+
+def start_relay():
+    """A :class:`ProgressRelay` actor (call inside a Ray session)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ProgressRelay).remote()
