@@ -51,11 +51,11 @@ MEMORABILITY_HUMAN = "memorability_human"
 """Column of the lag-corrected human memorability in exported tables (``neuromem decompose
 --memorability memorability_human`` on a score table annotated with it)."""
 
-#: Default flag thresholds: a participant who misses more than half of the vigilance repeats,
-#: or responds to more than half of the first showings, is flagged. This project's defaults
-#: (the rule is LaMem's, the numbers are configurable); not taken from the papers.
+#: Default flag thresholds, the same as a study's ``flags`` (:class:`neuromem.game.study.Flags`):
+#: a participant who misses more than half of the vigilance repeats, or responds to more than
+#: 30 % of the first showings, is flagged. The rule is LaMem's; the numbers are this project's.
 MAX_VIGILANCE_MISS = 0.5
-MAX_FALSE_ALARM = 0.5
+MAX_FALSE_ALARM = 0.3
 
 
 def check_responses(responses: pd.DataFrame) -> None:
@@ -113,7 +113,9 @@ def fit_lag_decay(image_ids: np.ndarray, hits: np.ndarray, lags: np.ndarray,
     closed-form updates; this function returns their fixed point directly (the weighted
     within-image least-squares slope, then ``m_T(i) = mean_j x_ij - alpha * mean_j log(t_ij/T)``).
     When the lags do not vary within any image, ``alpha`` is not identified and is 0 (the
-    memorability is the plain hit rate).
+    memorability is the plain hit rate). With a narrow lag range (LaMem's protocol: 91-109)
+    ``alpha`` is noisy but the correction ``alpha * mean log(t/T)`` stays small, because
+    ``|log(t/T)|`` does (< 0.1 there); the correction matters when a study varies the lag widely.
 
     Parameters
     ----------

@@ -23,6 +23,11 @@ class ProgressRelay:
         self.done += n
         self.postfix.update(postfix or {})
 
+    def reach(self, done: int, postfix: dict[str, Any] | None = None) -> None:
+        """``done`` units in all (a restarted worker that repeats no unit reports its total)."""
+        self.done = max(self.done, done)
+        self.postfix.update(postfix or {})
+
     def read(self) -> tuple[int, dict[str, Any]]:
         """Units done so far and the latest postfix."""
         return self.done, self.postfix

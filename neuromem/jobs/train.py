@@ -103,6 +103,11 @@ class WorkerProgress:
         if self.actor is not None:
             self.actor.advance.remote(n, postfix)
 
+    def reach(self, done: int, **postfix: Any) -> None:
+        """``done`` steps done in all (a loop restarted from a checkpoint repeats no step)."""
+        if self.actor is not None:
+            self.actor.reach.remote(done, postfix)
+
 
 def storage_path(out: str) -> str:
     """Where Ray Train keeps a run's checkpoints: ``OUT/ray`` (a URI stays a URI)."""
@@ -111,7 +116,8 @@ def storage_path(out: str) -> str:
 
 def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainWorkers,
         name: str, out: str, datasets: dict | None = None, total_steps: int | None = None,
-        progress: bool = True, desc: str = "training", unit: str = "step"):
+        progress: bool = True, desc: str = "training", unit: str = "step",
+        max_failures: int = 0, keep_checkpoints: int | None = None):
     """Run ``loop(config)`` on every worker with Ray Train and return its result.
 
     Call inside :func:`neuromem.jobs.session.ray_session`.
@@ -136,6 +142,10 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
         Draw the bar.
     desc, unit : str
         Bar label and unit.
+    max_failures : int
+        Restarts of the worker group from the latest checkpoint after a worker dies.
+    keep_checkpoints : int or None
+        Checkpoints kept (the latest ones); None keeps all.
 
     Returns
     -------
@@ -147,7 +157,7 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
     InputError
         When training ended without a checkpoint.
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     workers.check()
@@ -160,7 +170,9 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
             num_workers=workers.workers, use_gpu=gpus > 0,
             resources_per_worker={"CPU": workers.cpus_per_worker,
                                   **({"GPU": gpus} if gpus > 0 else {})}),
-        run_config=RunConfig(name=name, storage_path=storage_path(out)),
+        run_config=RunConfig(name=name, storage_path=storage_path(out),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
         datasets=datasets or {},
     )
     if relay is None:
