@@ -172,7 +172,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     """Compute the decomposition and write its outputs (see the module docstring)."""
     from neuromem.analysis.agreement import agreement_records, agreement_summary, roi_agreement
     from neuromem.analysis.results import predictor_names, report_blocks, results_record
-    from neuromem.analysis.roi_stats import check_columns, roi_statistics
+    from neuromem.analysis.roi_stats import check_columns, numeric_column, roi_statistics
     from neuromem.runtime.provenance import versions
     from neuromem.runtime.storage import check_writable, staged_output, write_json
     from neuromem.scoring.table import VERTICES_COLUMN, open_table, read_metadata, roi_columns
@@ -193,9 +193,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         raise UnknownNameError(f"--vertices needs a {VERTICES_COLUMN!r} column in "
                                f"{config.tables[0]}; score the images with `neuromem score "
                                "--keep-vertices`")
-    check_writable(config.out)
-
-    frames, records = [], []
+    frames, frame_rois = [], []
     for i, dataset in enumerate(datasets):
         table_rois = roi_columns(dataset.schema)
         cols = [config.memorability, *([category] if category else []),
@@ -203,12 +201,17 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         check_columns(dataset.schema.names, cols, what=str(config.tables[i]))
         with timer.stage(f"read table {i + 1}"):
             frame = dataset.to_table(columns=cols).to_pandas()
-        usable = int(np.isfinite(frame[config.memorability].to_numpy(dtype=float)).sum())
+        usable = int(np.isfinite(numeric_column(frame, config.memorability)).sum())
         if usable < MIN_ROWS:
             raise InputError(f"{config.tables[i]}: {usable} of {len(frame)} rows have a finite "
                              f"{config.memorability!r}; a decomposition needs at least "
                              f"{MIN_ROWS} (is this the right --memorability column?)")
         frames.append(frame)
+        frame_rois.append(table_rois)
+    check_writable(config.out)  # every table is usable: only now make the output folder
+
+    records = []
+    for i, (frame, table_rois) in enumerate(zip(frames, frame_rois, strict=True)):
         desc = "ROI statistics" + (f" of table {i + 1}" if len(datasets) > 1 else "")
         with timer.stage("ROI statistics"), progress_bar(
                 len(table_rois), desc=desc, unit="ROI", enabled=not config.no_progress) as bar:

@@ -179,7 +179,13 @@ def test_no_usable_rows_bad_options_and_unwritable_out_are_one_line(tables, tmp_
     assert main(["decompose", str(empty), "--out", str(out), "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "0 of 90 rows have a finite 'memorability'" in err and len(err.splitlines()) == 1
-    assert not (out / "results.json").exists()  # no report of empty rows
+    assert not out.exists()  # no report of empty rows, no empty output folder
+    assert main(["decompose", str(base / "tribe"), "--out", str(out), "--memorability",
+                 "category"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'category' must be numeric" in err and len(err.splitlines()) == 1
+    assert main(["decompose", str(base / "tribe"), str(empty), "--out", str(out)]) == 2
+    assert "0 of 90 rows" in capsys.readouterr().err and not out.exists()  # before any statistics
 
     assert main(["decompose", str(base / "tribe"), "--out", str(out), "--bootstrap", "1"]) == 2
     assert "--bootstrap must be 0" in capsys.readouterr().err
