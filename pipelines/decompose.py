@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", action="store_true",
                         help="run the vertex pass as Ray tasks, one per file")
     options.add_cluster(parser, pool=False)
+    options.add_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,7 @@ def roi_statistics(
     covariates: Sequence[str] = (),
     seed: int = 0,
     n_resamples: int = N_BOOTSTRAP,
+    on_roi: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Correlation, partial correlation and within-category correlation of each ROI column.
 
@@ -74,6 +75,8 @@ def roi_statistics(
         Seed of the Spearman bootstrap.
     n_resamples : int
         Bootstrap resamples of the Spearman interval.
+    on_roi : callable, optional
+        Called with each ROI column once its statistics are done (progress).
 
     Returns
     -------
@@ -129,6 +132,8 @@ def roi_statistics(
                 "reason": pr.reason or (part.reason if part is not None else None),
             }
         )
+        if on_roi is not None:
+            on_roi(column)
     for statistic in ("pearson", "spearman", "partial"):
         add_family_q(records, f"{statistic}_p", f"{statistic}_q")
     levels = sorted({level for record in records for level in record["within_category"]})

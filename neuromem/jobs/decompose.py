@@ -11,6 +11,7 @@ sign coherence and spin tests. Writes ``results.json`` (:mod:`neuromem.analysis.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from neuromem.analysis.correlation import N_BOOTSTRAP
 from neuromem.analysis.vertexwise import VertexMoments
 from neuromem.errors import InputError, UnknownNameError
 from neuromem.runtime.config import JobConfig
-from neuromem.runtime.progress import StageTimer
+from neuromem.runtime.progress import StageTimer, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class DecomposeConfig(JobConfig):
         Run the vertex pass as Ray tasks, one per file.
     address : str or None
         Ray cluster address.
+    no_progress : bool
+        No progress bars (ROI statistics, vertex pass, spin test).
     """
 
     tables: tuple[str, ...]
@@ -72,6 +75,7 @@ class DecomposeConfig(JobConfig):
     rois: str = "default"
     ray: bool = False
     address: str | None = None
+    no_progress: bool = False
     covariate_list: list[str] = field(default_factory=list, init=False, repr=False,
                                       compare=False)
 
@@ -115,8 +119,9 @@ class DecomposeSummary:
         return "\n".join(lines)
 
 
-def vertex_moments_ray(dataset, memorability: str) -> VertexMoments:
-    """Map: one Ray task per file computes its moments; reduce: merge on the driver."""
+def vertex_moments_ray(dataset, memorability: str, *, progress: bool = True) -> VertexMoments:
+    """Map: one Ray task per file computes its moments; reduce: merge on the driver (in file
+    order, whatever order the tasks finish in)."""
     import ray
 
     from neuromem.analysis.vertexwise import merge_all, vertex_moments
@@ -129,22 +134,45 @@ def vertex_moments_ray(dataset, memorability: str) -> VertexMoments:
 
     files = sorted(dataset.files)
     log.info("vertex pass: %d Ray tasks", len(files))
-    return merge_all(ray.get([file_moments.remote(f) for f in files]))
+    refs = [file_moments.remote(f) for f in files]
+    pending = list(refs)
+    with progress_bar(len(refs), desc="vertex pass (Ray)", unit="file", enabled=progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    return merge_all(ray.get(refs))
+
+
+def vertex_moments_local(dataset, memorability: str, *, progress: bool = True) -> VertexMoments:
+    """One streaming pass over the table in this process, with a bar over rows."""
+    from neuromem.analysis.vertexwise import BLOCK_ROWS, moments_of_batches
+    from neuromem.scoring.table import VERTICES_COLUMN, iter_batches
+
+    batches = iter_batches(dataset, columns=[VERTICES_COLUMN, memorability],
+                           batch_size=BLOCK_ROWS)
+    with progress_bar(dataset.count_rows(), desc="vertex pass", unit="row",
+                      enabled=progress) as bar:
+        return moments_of_batches(_counted(batches, bar), memorability)
+
+
+def _counted(batches, bar):
+    """The record batches, counting their rows on ``bar`` as they are read."""
+    for batch in batches:
+        yield batch
+        bar.update(batch.num_rows)
 
 
 def _ray_running() -> bool:
-    try:
-        import ray
-    except ImportError:
-        return False
-    return ray.is_initialized()
+    """Whether this process is connected to Ray (without importing Ray, which takes seconds)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     """Compute the decomposition and write its outputs (see the module docstring)."""
     from neuromem.analysis.agreement import agreement_records, agreement_summary, roi_agreement
     from neuromem.analysis.results import predictor_names, report_blocks, results_record
-    from neuromem.analysis.roi_stats import check_columns, roi_statistics
+    from neuromem.analysis.roi_stats import check_columns, numeric_column, roi_statistics
     from neuromem.runtime.provenance import versions
     from neuromem.runtime.storage import check_writable, staged_output, write_json
     from neuromem.scoring.table import VERTICES_COLUMN, open_table, read_metadata, roi_columns
@@ -165,9 +193,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         raise UnknownNameError(f"--vertices needs a {VERTICES_COLUMN!r} column in "
                                f"{config.tables[0]}; score the images with `neuromem score "
                                "--keep-vertices`")
-    check_writable(config.out)
-
-    frames, records = [], []
+    frames, frame_rois = [], []
     for i, dataset in enumerate(datasets):
         table_rois = roi_columns(dataset.schema)
         cols = [config.memorability, *([category] if category else []),
@@ -175,16 +201,24 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         check_columns(dataset.schema.names, cols, what=str(config.tables[i]))
         with timer.stage(f"read table {i + 1}"):
             frame = dataset.to_table(columns=cols).to_pandas()
-        usable = int(np.isfinite(frame[config.memorability].to_numpy(dtype=float)).sum())
+        usable = int(np.isfinite(numeric_column(frame, config.memorability)).sum())
         if usable < MIN_ROWS:
             raise InputError(f"{config.tables[i]}: {usable} of {len(frame)} rows have a finite "
                              f"{config.memorability!r}; a decomposition needs at least "
                              f"{MIN_ROWS} (is this the right --memorability column?)")
         frames.append(frame)
-        with timer.stage("ROI statistics"):
+        frame_rois.append(table_rois)
+    check_writable(config.out)  # every table is usable: only now make the output folder
+
+    records = []
+    for i, (frame, table_rois) in enumerate(zip(frames, frame_rois, strict=True)):
+        desc = "ROI statistics" + (f" of table {i + 1}" if len(datasets) > 1 else "")
+        with timer.stage("ROI statistics"), progress_bar(
+                len(table_rois), desc=desc, unit="ROI", enabled=not config.no_progress) as bar:
             records.append(roi_statistics(frame, table_rois, memorability=config.memorability,
                                           category=category, covariates=config.covariate_list,
-                                          seed=config.seed, n_resamples=config.bootstrap))
+                                          seed=config.seed, n_resamples=config.bootstrap,
+                                          on_roi=lambda _roi, bar=bar: bar.update()))
     primary_records = records[0]
     used_ray = config.vertices and (config.ray or _ray_running())
     predictors = predictor_names(list(config.tables), metadata)
@@ -225,7 +259,7 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     from neuromem.analysis.report import plot_coherence_histograms
     from neuromem.analysis.roi_stats import add_family_q
     from neuromem.analysis.spin import spin_test
-    from neuromem.analysis.vertexwise import roi_sign_coherence, vertex_moments
+    from neuromem.analysis.vertexwise import roi_sign_coherence
     from neuromem.cortex.plotting import plot_surface_map
     from neuromem.cortex.rois import load_roi_set
     from neuromem.jobs.session import ray_session
@@ -233,9 +267,11 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     with timer.stage("vertex pass"):
         if used_ray:
             with ray_session(config.address):
-                moments = vertex_moments_ray(primary, config.memorability)
+                moments = vertex_moments_ray(primary, config.memorability,
+                                             progress=not config.no_progress)
         else:
-            moments = vertex_moments(primary, config.memorability)
+            moments = vertex_moments_local(primary, config.memorability,
+                                           progress=not config.no_progress)
     r_v = moments.pearson_r()
     np.save(out_dir / "vertex_r.npy", r_v.astype(np.float32))
     roi_set = load_roi_set(config.rois)
@@ -250,9 +286,12 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     if missing:
         notes.append(f"No vertices known for ROIs {missing} in ROI set `{config.rois}`.")
     coherence = roi_sign_coherence(r_v, roi_idx)
-    with timer.stage("spin test"):
-        spins = (spin_test(r_v, roi_idx, n_spins=config.spins, seed=config.seed)
-                 if config.spins else {})
+    spins = {}
+    if config.spins:
+        with timer.stage("spin test"), progress_bar(config.spins, desc="spin test", unit="spin",
+                                                    enabled=not config.no_progress) as bar:
+            spins = spin_test(r_v, roi_idx, n_spins=config.spins, seed=config.seed,
+                              on_spin=bar.update)
     for record in records:
         roi = record["roi"]
         if roi in coherence:
@@ -266,12 +305,14 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
                                           else spin.p_coherence)
     add_family_q(records, "spin_p_mean_r", "spin_q_mean_r")
     add_family_q(records, "spin_p_coherence", "spin_q_coherence")
-    figures = [(plot_surface_map(r_v, out_dir / "vertex_r.png", roi_set=roi_set,
-                                 title=f"vertex r with {config.memorability}").name,
-                "Vertex r with memorability (inflated fsaverage5)")]
-    if roi_idx:
-        figures.append((plot_coherence_histograms(r_v, roi_idx, out_dir / "coherence.png").name,
-                        "Vertex r within each ROI"))
+    with timer.stage("figures and report"):
+        figures = [(plot_surface_map(r_v, out_dir / "vertex_r.png", roi_set=roi_set,
+                                     title=f"vertex r with {config.memorability}").name,
+                    "Vertex r with memorability (inflated fsaverage5)")]
+        if roi_idx:
+            figures.append((plot_coherence_histograms(r_v, roi_idx,
+                                                      out_dir / "coherence.png").name,
+                            "Vertex r within each ROI"))
     return figures
 
 

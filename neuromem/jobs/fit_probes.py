@@ -104,6 +104,7 @@ class FitProbesConfig(PoolJobConfig):
         """Raise :class:`InputError` for values no run can use (before Ray starts)."""
         super().check()
         self.require_choice("targets", TARGET_KINDS)
+        self.require_local("out")
         self.require_at_least(2, "folds")
         self.require_at_least(1, "targets_batch")
         if not 0 < self.test_fraction < 1:
@@ -132,7 +133,7 @@ def run_fit_probes(config: FitProbesConfig) -> str:
     from neuromem.probes.report import plot_maps, r2_report
     from neuromem.probes.ridge import default_backend, train_test_indices
     from neuromem.probes.targets import nsd_targets, vertex_targets
-    from neuromem.runtime.storage import check_writable, write_json, write_parquet
+    from neuromem.runtime.storage import check_writable, remove, write_json, write_parquet
 
     start = time.perf_counter()
     config.check()
@@ -162,6 +163,8 @@ def run_fit_probes(config: FitProbesConfig) -> str:
                         progress=not config.no_progress, desc="CLIP features")
     if result.errors.num_rows:
         write_parquet(out / ERRORS_FILE, result.errors)
+    else:
+        remove(out / ERRORS_FILE)  # an earlier run's errors are not this probe's
     ok_n = result.ok
     features_ne = embeddings_of(result.values, ok_n)
     rows, targets_nv = rows[ok_n].reset_index(drop=True), targets_nv[ok_n]

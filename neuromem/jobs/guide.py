@@ -95,6 +95,7 @@ class GenerationConfig(JobConfig):
 
         self.require_at_least(1, "inference_steps")
         self.require_at_least(8, "size")
+        self.require_local("out")
         if self.cfg_scale < 0:
             raise InputError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
         self.guidance()  # checks scale, blur and the step range

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuromem.errors import InputError
+from neuromem.jobs.progress import start_relay
 from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import progress_bar
 from neuromem.runtime.storage import join_uri
@@ -114,29 +115,6 @@ class WorkerProgress:
             self.actor.start.remote(done)
 
 
-class _ProgressRelay:
-    """Actor holding the steps done, the latest postfix, and how often a loop started."""
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.postfix: dict[str, Any] = {}
-        self.starts = 0
-
-    def start(self, done: int) -> None:
-        self.done = max(self.done, done)
-        self.starts += 1
-
-    def advance(self, n: int, postfix: dict[str, Any]) -> None:
-        self.done += n
-        self.postfix.update(postfix)
-
-    def reach(self, done: int, postfix: dict[str, Any]) -> None:
-        self.done = max(self.done, done)
-        self.postfix.update(postfix)
-
-    def read(self) -> tuple[int, dict[str, Any], int]:
-        return self.done, self.postfix, self.starts
-
 
 def storage_path(out: str) -> str:
     """Where Ray Train keeps a run's checkpoints: ``OUT/ray`` (a URI stays a URI)."""
@@ -186,13 +164,12 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
     InputError
         When training ended without a checkpoint.
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     workers.check()
     gpus = workers.gpus()
-    relay = ray.remote(num_cpus=0)(_ProgressRelay).remote() if progress else None
+    relay = start_relay() if progress else None
     trainer = TorchTrainer(
         loop,
         train_loop_config={**config, PROGRESS_KEY: relay},

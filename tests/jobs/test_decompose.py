@@ -13,6 +13,7 @@ from neuromem.analysis import vertex_pearson
 from neuromem.analysis.results import RESULT_KEYS
 from neuromem.cli import main
 from neuromem.cortex.rois import load_roi_set
+from neuromem.jobs import decompose as decompose_job
 from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_metadata
 
 ROIS = ["FFA", "RSC", "V1"]
@@ -124,7 +125,7 @@ def test_decompose_end_to_end(tables):
         assert f'src="{png}"' in (out / "report.html").read_text()
 
 
-def test_decompose_ray_map_reduce_matches_local(tables, ray_local):
+def test_decompose_ray_map_reduce_matches_local(tables, ray_local, capsys):
     base, _ = tables
     out = base / "out_ray"
     assert (
@@ -149,6 +150,7 @@ def test_decompose_ray_map_reduce_matches_local(tables, ray_local):
     results = json.loads((out / "results.json").read_text())
     assert results["agreement"] == [] and results["rois"][0]["spin_p_mean_r"] is None
     assert "ray" in (out / "report.md").read_text()
+    assert "vertex pass (Ray): 100%" in capsys.readouterr().err.replace("\r", "\n")  # 2 files
 
 
 def test_decompose_errors(tables, capsys):
@@ -177,7 +179,13 @@ def test_no_usable_rows_bad_options_and_unwritable_out_are_one_line(tables, tmp_
     assert main(["decompose", str(empty), "--out", str(out), "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "0 of 90 rows have a finite 'memorability'" in err and len(err.splitlines()) == 1
-    assert not (out / "results.json").exists()  # no report of empty rows
+    assert not out.exists()  # no report of empty rows, no empty output folder
+    assert main(["decompose", str(base / "tribe"), "--out", str(out), "--memorability",
+                 "category"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'category' must be numeric" in err and len(err.splitlines()) == 1
+    assert main(["decompose", str(base / "tribe"), str(empty), "--out", str(out)]) == 2
+    assert "0 of 90 rows" in capsys.readouterr().err and not out.exists()  # before any statistics
 
     assert main(["decompose", str(base / "tribe"), "--out", str(out), "--bootstrap", "1"]) == 2
     assert "--bootstrap must be 0" in capsys.readouterr().err
@@ -197,3 +205,20 @@ def test_decompose_writes_to_a_uri(tables, tmp_path):
     results = json.loads((target / "results.json").read_text())
     assert results["n_images"] == 90
     assert {"report.md", "report.html", "roi_bars.png"} <= {p.name for p in target.iterdir()}
+
+
+def test_long_stages_show_progress_with_rate_and_eta(tables, tmp_path, capsys, monkeypatch):
+    base, _ = tables
+    monkeypatch.setattr(decompose_job, "_ray_running", lambda: False)  # the local vertex pass
+    argv = ["decompose", str(base / "tribe"), "--out", str(tmp_path / "a"), "--vertices",
+            "--spins", "4", "--bootstrap", "100"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    bars = {line.split(":")[0].strip(): line for line in err.replace("\r", "\n").splitlines()
+            if "100%" in line}
+    assert {"ROI statistics", "vertex pass", "spin test"} <= set(bars), err
+    assert "3/3" in bars["ROI statistics"] and "90/90" in bars["vertex pass"]
+    assert "4/4" in bars["spin test"]
+    assert all("<" in line and ("/s" in line or "s/" in line) for line in bars.values())  # rate, ETA
+    assert main([*argv[:3], str(tmp_path / "b"), *argv[4:], "--no-progress"]) == 0
+    assert "100%" not in capsys.readouterr().err
