@@ -3,7 +3,7 @@
 Reports, for one worker:
 
 - steady-state samples/s of a DRaFT-1 update (median step time after ``--warmup`` steps) in a
-  bare loop (``pipelines.finetune_draft.setup_worker`` + ``draft_update`` in this process) and
+  bare loop (``neuromem.jobs.finetune.setup_worker`` + ``draft_update`` in this process) and
   under Ray Train (``TorchTrainer``, 1 worker, the job's own ``train_loop``), and their ratio;
 - the fixed start cost of the Ray Train run: wall time of ``fit()`` minus the time of its steps
   (worker start, imports, model build, process group, checkpoint);
@@ -33,16 +33,16 @@ from pathlib import Path
 
 import torch
 
-from neuromem.generation.draft import DraftSettings, LoraSettings, draft_update
-from neuromem.generation.reward import load_reward_spec
-from pipelines.finetune_draft import (
-    BUILTIN_PROMPTS,
-    fit,
-    make_config,
+from neuromem.generation.draft import draft_update
+from neuromem.jobs.finetune import (
+    FinetuneConfig,
+    loop_config,
     peak_memory_bytes,
     setup_worker,
+    train_loop,
     worker_batch,
 )
+from neuromem.jobs.train import TrainWorkers, fit
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -117,8 +117,8 @@ def bare_loop(config: dict, device: torch.device, steps: int, warmup: int) -> di
 def ray_loop(config: dict, steps: int, warmup: int, gpus: float, storage: str) -> dict:
     """The same job under Ray Train, one worker; per-step times come from its history."""
     tic = time.perf_counter()
-    result = fit(config, workers=1, gpus_per_worker=gpus, storage_path=storage,
-                 name="bench", max_failures=0)
+    result = fit(train_loop, config, workers=TrainWorkers(1, gpus), out=storage, name="bench",
+                 progress=False)
     wall = time.perf_counter() - tic
     with result.checkpoint.as_directory() as directory:
         history = json.loads(Path(directory, "run.json").read_text())["history"]
@@ -148,17 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         model = str(work / "sd15-random")
         build_sd15_random(Path(model))
         encoder = build_vitb32_probe(work / "vitb32-probe.safetensors")
-        settings = DraftSettings(num_inference_steps=50, guidance_scale=7.5, height=512,
-                                 width=512, lora=LoraSettings(rank=16, alpha=16.0))
+        sampling = dict(inference_steps=50, size=512, lora_rank=16, lora_alpha=16.0)
         batch = 8
     else:
         device, gpus, steps = torch.device("cpu"), 0.0, args.steps or 12
         model, encoder, batch = "tiny", "clip-probe:tiny", 2
-        settings = DraftSettings(num_inference_steps=4, guidance_scale=7.5, height=64, width=64)
+        sampling = dict(inference_steps=4, size=64)
         torch.set_num_threads(1)  # as in a Ray worker (OMP_NUM_THREADS=1)
-    config = make_config(model=model, encoder=encoder, reward=load_reward_spec().to_dict(),
-                         settings=settings, prompts=list(BUILTIN_PROMPTS), steps=steps,
-                         global_batch=batch, checkpoint_every=steps)
+    job = FinetuneConfig(model=model, encoder=encoder, steps=steps, out=str(work / "runs"),
+                         batch_size=batch, checkpoint_every=steps, workers=1, **sampling)
+    config = loop_config(job)
     ray.init(include_dashboard=False, log_to_driver=False)
     ray_result = ray_loop(config, steps, args.warmup, gpus, str(work / "runs"))
     ray.shutdown()
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "versions": {"torch": torch.__version__,
                                                   "ray": ray.__version__},
         "model": "sd15-size random" if args.real_size else model, "encoder": encoder.split("/")[-1],
-        "global_batch": batch, "settings": settings.to_dict(), "steps": steps,
+        "global_batch": batch, "settings": config["settings"], "steps": steps,
         "warmup": args.warmup, "bare": bare, "ray_train": ray_result,
         "ratio_ray_over_bare": ray_result["samples_per_s"] / bare["samples_per_s"],
     }

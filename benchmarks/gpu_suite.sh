@@ -54,7 +54,7 @@ else
   # the scoring job vs the bare loop on 20,000 JPEGs at 256 px, 1 and 2 actors on the GPU
   part score 170 $py benchmarks/score_throughput.py --n 20000 --real-size --batch-size 512 \
     --rows-per-part 4096 --actors 1 2 --work "$work/score" --out "$out/score_throughput.json"
-  # guided vs unguided sampling at SD-1.5 size, with and without truncation
+  # guided vs unguided sampling at SD-1.5 size: x0 path, surrogate at half depth, UNet path
   part guidance 90 $py benchmarks/guidance.py --real-size --out "$out/guidance.json"
   # one DRaFT-1 step at 512 px, batch 8: Ray Train vs a bare loop, peak memory
   part draft 120 $py benchmarks/draft.py --real-size --out "$out/draft.json"

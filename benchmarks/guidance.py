@@ -1,7 +1,9 @@
 """Cost of brain guidance: seconds per guided image against the same unguided pipeline.
 
-Three runs of the same prompts, seeds and steps: unguided; guided through the full encoder;
-guided with the gradient truncated at half the encoder's depth. They are timed interleaved,
+Four runs of the same prompts, seeds and steps: unguided; guided through the full encoder
+(``grad_path="x0"``: no UNet backward); guided with the probe's straight-through surrogate at
+half the encoder's depth; guided with the full backward through the UNet (``grad_path="unet"``,
+the cost of BrainDiVE's gradient path). They are timed interleaved,
 round by round, after a warm-up round. For each: median seconds per image over the rounds, the
 median over rounds of the guided/unguided ratio, and peak memory (GPU:
 ``torch.cuda.max_memory_allocated`` of the run; CPU: the process's peak resident set so far).
@@ -9,7 +11,7 @@ median over rounds of the guided/unguided ratio, and peak memory (GPU:
 Default: the tiny pipeline and ``clip-probe:tiny`` on CPU. ``--real-size``: SD-1.5-size UNet,
 VAE and text encoder and an open_clip ViT-g-14 probe (40 blocks, width 1408, the size of the
 V-JEPA2 ViT-g backbone TRIBE v2 reads) with random weights, on the GPU in bfloat16. Target
-there: ratio <= 2.5 with truncation.
+there: ratio <= 2.5 with the surrogate.
 
     python benchmarks/guidance.py               # -> benchmarks/results/guidance_cpu.json
     python benchmarks/guidance.py --real-size   # -> benchmarks/results/guidance_gpu.json
@@ -158,12 +160,14 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = {"unguided": None,
                "guided_full": GuidanceConfig(scale=args.scale),
-               "guided_trunc_half": GuidanceConfig(scale=args.scale, trunc_layer=half)}
+               "guided_surrogate_half": GuidanceConfig(scale=args.scale, surrogate_layer=half),
+               "guided_unet_path": GuidanceConfig(scale=args.scale, grad_path="unet")}
     results = time_runs({name: runner(c) for name, c in configs.items()}, batch, args.repeats,
                         device)
     base_r = results["unguided"]["rounds_s_per_image"]
     for name, config in configs.items():
-        results[name]["trunc_layer"] = None if config is None else config.trunc_layer
+        results[name]["surrogate_layer"] = None if config is None else config.surrogate_layer
+        results[name]["grad_path"] = None if config is None else config.grad_path
         if config is not None:  # median over rounds of the paired guided/unguided ratio
             results[name]["ratio_to_unguided"] = statistics.median(
                 g / u for g, u in zip(results[name]["rounds_s_per_image"], base_r, strict=True))

@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "rois": "neuromem.commands.rois",
     "predict": "neuromem.commands.predict",
     "demo": "neuromem.commands.demo",
+    "game": "neuromem.commands.game",
     "score": "pipelines.score",
     "fit-probes": "pipelines.fit_probes",
     "label-categories": "pipelines.label_categories",

@@ -117,31 +117,47 @@ def add_dtype(parser: argparse.ArgumentParser, *, what: str = "model weights") -
 
 
 def add_sampling(parser: argparse.ArgumentParser, *, inference_steps: int | None = 50,
-                 size_help: str = "image side in pixels (default: the model's native size)"
-                 ) -> None:
+                 size_help: str = "image side in pixels (default: the model's native size)",
+                 negative_prompt: bool = True, scheduler: bool = True) -> None:
     """Stable Diffusion sampling: ``--inference-steps``, ``--cfg-scale``, ``--negative-prompt``,
-    ``--size`` (denoising steps are ``--inference-steps``; ``--steps`` counts optimisation steps
-    where a command has them)."""
+    ``--size``, ``--scheduler`` (denoising steps are ``--inference-steps``; ``--steps`` counts
+    optimisation steps where a command has them). Commands that sample with DDIM only and
+    without a negative prompt (DRaFT) leave out ``negative_prompt`` and ``scheduler``."""
     parser.add_argument("--inference-steps", type=int, default=inference_steps,
                         help="denoising steps" + ("" if inference_steps is not None
                                                   else " (default: 4 for 'tiny', else 50)"))
     parser.add_argument("--cfg-scale", type=float, default=7.5,
                         help="classifier-free guidance scale (1: none)")
-    parser.add_argument("--negative-prompt", default=None,
-                        help="negative prompt of classifier-free guidance (default: none)")
-    from neuromem.generation.pipeline import SCHEDULERS  # torch: only for generation commands
-
+    if negative_prompt:
+        parser.add_argument("--negative-prompt", default=None,
+                            help="negative prompt of classifier-free guidance (default: none)")
     parser.add_argument("--size", type=int, default=None, help=size_help)
-    parser.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS),
-                        help="noise scheduler")
+    if scheduler:
+        from neuromem.generation.pipeline import SCHEDULERS  # torch: generation commands only
+
+        parser.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS),
+                            help="noise scheduler")
 
 
 def add_brain_guidance(parser: argparse.ArgumentParser) -> None:
     """Brain-guidance options (:class:`neuromem.generation.guidance.GuidanceConfig`)."""
+    from neuromem.generation.guidance import GRAD_PATHS  # torch: only for generation commands
+
     parser.add_argument("--scale", type=float, required=True,
                         help="brain guidance scale (required; 0: unguided)")
     parser.add_argument("--trunc-layer", type=int, default=None,
-                        help="encoder depth where the gradient path stops (default: full depth)")
+                        help="encoder depth where the gradient path stops, value unchanged "
+                             "(default: full depth)")
+    parser.add_argument("--surrogate-layer", type=int, default=None,
+                        help="straight-through surrogate: the encoder's value with the gradient "
+                             "of its read-out at this depth (clip-probe encoders; default: none)")
+    parser.add_argument("--grad-path", choices=GRAD_PATHS, default="x0",
+                        help="x0: noise prediction held fixed in the clean-image estimate (no "
+                             "UNet backward); unet: full backward through the UNet (slower; "
+                             "scales differ between the two)")
+    parser.add_argument("--normalize-grad", action="store_true",
+                        help="scale each step's pixel gradient to unit RMS per image, so a "
+                             "scale means the same for every encoder")
     parser.add_argument("--blur-sigma", type=float, default=0.0,
                         help="Gaussian blur of the pixel gradient, in pixels (0: none)")
     parser.add_argument("--first-step", type=int, default=0, help="first guided step (from 0)")

@@ -10,7 +10,15 @@ Gradient truncation
 cuts only the *gradient* path below backbone depth ``k``: backbone blocks deeper than ``k``
 receive no gradient, so the gradient reaching the pixels flows through blocks ``1..k`` only.
 ``trunc_layer=None`` and ``trunc_layer=n_layers`` are the same. How each encoder achieves this
-is documented in its module.
+is documented in its module; an encoder whose read-out sees only its last block (the CLIP
+probe) has no gradient path left below it and refuses ``trunc_layer < n_layers``.
+
+Straight-through surrogate
+--------------------------
+``surrogate_layer=k``, offered by encoders with ``has_surrogate`` (the CLIP probe), is a
+different thing: the *value* of the full encoder with the *gradient* of its read-out applied
+to the states after block ``k``, as if the backbone ended there. Only encoders that offer it
+take the keyword.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ class BrainEncoder(torch.nn.Module, ABC):
         The still-image protocols the encoder offers (empty: an image is seen as one image).
     protocol : str or None
         The protocol :meth:`forward` uses (None when the encoder has none).
+    has_surrogate : bool
+        Whether :meth:`forward` takes ``surrogate_layer`` (module docstring).
     """
 
     spec: str
@@ -62,6 +72,7 @@ class BrainEncoder(torch.nn.Module, ABC):
     clip_frames: int
     protocols: tuple[str, ...] = ()
     protocol: str | None = None
+    has_surrogate: bool = False
 
     @abstractmethod
     def forward(
@@ -121,6 +132,22 @@ class BrainEncoder(torch.nn.Module, ABC):
                 f"got {trunc_layer}"
             )
         return int(trunc_layer)
+
+    def check_surrogate_layer(self, surrogate_layer: int | None) -> int | None:
+        """Return the straight-through surrogate depth (None: none) or raise InputError."""
+        if surrogate_layer is None:
+            return None
+        if not self.has_surrogate:
+            raise InputError(
+                f"encoder {self.spec!r} has no straight-through surrogate (surrogate_layer); "
+                "use trunc_layer to stop its gradient path at a depth"
+            )
+        if not 1 <= int(surrogate_layer) <= self.n_layers:
+            raise InputError(
+                f"surrogate_layer must be in 1..{self.n_layers} for encoder {self.spec!r}, "
+                f"got {surrogate_layer}"
+            )
+        return int(surrogate_layer)
 
     def metadata(self) -> dict[str, Any]:
         """Provenance recorded next to every output.

@@ -35,16 +35,21 @@ normalised as ``feature_norm`` says), then :func:`save_clip_probe` with that tow
 ``model_name``, ``pretrained``, ``tower_seed`` and ``model_config`` (for the tiny tower:
 ``TINY_MODEL_NAME``, ``""``, ``TINY_SEED``, ``TINY_MODEL_CONFIG``).
 
-Gradient truncation
--------------------
-For a ViT tower, ``trunc_layer=k`` returns the value of the full tower but the gradient of the
-same read-out (the tower's final norm, pooling and projection, then the feature normalisation)
-applied to the tokens after block ``k``: ``features = full.detach() + (shallow - shallow.detach())``.
-``shallow - shallow.detach()`` is exactly zero, so the value is bit-identical to the full pass,
-and the gradient is that of ``shallow`` (blocks ``1..k``). The deeper blocks run with autograd
-like the untruncated pass (running them under ``no_grad`` could select other attention kernels
-and change the value in the last bits); their graph is freed when the pass ends. Towers that are not an open_clip
-``VisionTransformer`` have ``n_layers = 1`` and cannot be truncated.
+Straight-through surrogate and truncation
+-----------------------------------------
+For a ViT tower, ``surrogate_layer=k`` returns the value of the full tower but the gradient of
+the same read-out (the tower's final norm, pooling and projection, then the feature
+normalisation) applied to the tokens after block ``k``:
+``features = full.detach() + (shallow - shallow.detach())``. ``shallow - shallow.detach()`` is
+exactly zero, so the value is bit-identical to the full pass, and the gradient is that of
+``shallow`` (blocks ``1..k``). The deeper blocks run with autograd like the full pass (running
+them under ``no_grad`` could select other attention kernels and change the value in the last
+bits); their graph is freed when the pass ends. Towers that are not an open_clip
+``VisionTransformer`` have ``n_layers = 1``.
+
+``trunc_layer`` keeps the meaning it has for every encoder (stop the gradient path at a depth,
+value unchanged). The probe reads only its last block, so no path is left below it:
+``trunc_layer < n_layers`` raises :class:`InputError` pointing to ``surrogate_layer``.
 """
 
 from __future__ import annotations
@@ -109,6 +114,7 @@ class ClipProbeEncoder(BrainEncoder):
     """
 
     kind = "clip-probe"
+    has_surrogate = True
 
     def __init__(
         self,
@@ -161,10 +167,23 @@ class ClipProbeEncoder(BrainEncoder):
     def weight_files(self) -> list[Path]:
         return list(self._files)
 
-    def features(self, images_b3hw: torch.Tensor, trunc_layer: int | None = None) -> torch.Tensor:
-        """Normalised image embeddings ``(B, E)`` that the head reads (truncation applied)."""
+    def check_trunc_layer(self, trunc_layer: int | None) -> int:
+        """Only the full depth: the probe reads its last block, no gradient path is left below."""
+        depth = super().check_trunc_layer(trunc_layer)
+        if depth < self.n_layers:
+            raise InputError(
+                f"trunc_layer={trunc_layer} leaves the CLIP probe no gradient path (it reads "
+                "only its last block); use surrogate_layer (--surrogate-layer) for the "
+                "straight-through gradient of a shallower block"
+            )
+        return depth
+
+    def features(self, images_b3hw: torch.Tensor, trunc_layer: int | None = None, *,
+                 surrogate_layer: int | None = None) -> torch.Tensor:
+        """Normalised image embeddings ``(B, E)`` that the head reads (surrogate applied)."""
         check_images(images_b3hw)
-        depth = self.check_trunc_layer(trunc_layer)
+        self.check_trunc_layer(trunc_layer)
+        depth = self.check_surrogate_layer(surrogate_layer) or self.n_layers
         pixels = normalise(
             resize_center_crop(images_b3hw, self.input_size), self.image_mean, self.image_std
         )
@@ -177,17 +196,21 @@ class ClipProbeEncoder(BrainEncoder):
         shallow = self._normalise_features(self._readout(shallow_tokens))
         return full.detach() + (shallow - shallow.detach())
 
-    def forward(self, images_b3hw: torch.Tensor, trunc_layer: int | None = None) -> torch.Tensor:
-        return self.head(self.features(images_b3hw, trunc_layer))
+    def forward(self, images_b3hw: torch.Tensor, trunc_layer: int | None = None, *,
+                surrogate_layer: int | None = None) -> torch.Tensor:
+        return self.head(self.features(images_b3hw, trunc_layer,
+                                       surrogate_layer=surrogate_layer))
 
     def forward_clips(
-        self, clips_bt3hw: torch.Tensor, trunc_layer: int | None = None
+        self, clips_bt3hw: torch.Tensor, trunc_layer: int | None = None, *,
+        surrogate_layer: int | None = None,
     ) -> torch.Tensor:
         """Mean over frames of the per-frame responses, shape ``(B, 20484)``."""
         check_clips(clips_bt3hw)
         n_clips, n_frames = clips_bt3hw.shape[:2]
         frames_n3hw = clips_bt3hw.reshape(n_clips * n_frames, *clips_bt3hw.shape[2:])
-        return self(frames_n3hw, trunc_layer).reshape(n_clips, n_frames, -1).mean(dim=1)
+        responses_nv = self(frames_n3hw, trunc_layer, surrogate_layer=surrogate_layer)
+        return responses_nv.reshape(n_clips, n_frames, -1).mean(dim=1)
 
     def _vit_tokens(
         self, pixels_b3hw: torch.Tensor, depth: int

@@ -36,6 +36,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from neuromem.game import db
+from neuromem.game.scoring import participant_flags
 from neuromem.game.sequence import build_sequence, choose_targets
 from neuromem.game.study import Study
 
@@ -156,7 +157,8 @@ class GameApp:
                 raise BadRequest(409, "this participant already has a session in this study")
             targets = choose_targets(self.study.target_ids,
                                      db.times_target(self.engine, self.study.name),
-                                     self.study.sequence.targets, self.rng)
+                                     self.study.sequence.targets, self.rng,
+                                     {i.image_id: i.pair for i in self.study.images})
             sequence = build_sequence(self.study, targets, self.rng)
             token = db.new_token()
             try:
@@ -221,23 +223,13 @@ class GameApp:
             raise BadRequest(401, "admin token required")
         report = db.progress(self.engine, self.study.name)
         frame = db.responses_frame(self.engine, self.study)
-        report["flagged"] = flagged_participants(frame, self.study.flags)
+        if not frame.empty:
+            flags = participant_flags(frame, max_vigilance_miss=self.study.flags.max_vigilance_miss,
+                                      max_false_alarm=self.study.flags.max_false_alarm)
+            report["flagged"] = flags.loc[flags["flagged"], "participant"].astype(str).tolist()
+        else:
+            report["flagged"] = []
         return JSONResponse(report)
-
-
-def flagged_participants(frame, flags) -> list[str]:
-    """Participants whose vigilance misses or false alarms exceed the study's thresholds."""
-    if frame.empty:
-        return []
-    flagged = []
-    for participant, rows in frame.groupby("participant"):
-        vigilance = rows[(rows["kind"] == "vigilance") & rows["repeat"]]
-        first = rows[~rows["repeat"]]
-        miss = 1 - vigilance["response"].mean() if len(vigilance) else 0.0
-        false_alarm = first["response"].mean() if len(first) else 0.0
-        if miss > flags.max_vigilance_miss or false_alarm > flags.max_false_alarm:
-            flagged.append(str(participant))
-    return flagged
 
 
 def create_app(study: Study, engine: sa.Engine, admin_token: str, seed: int = 0) -> Starlette:

@@ -1,6 +1,6 @@
 """Human memorability as tables: the per-image export and a score table annotated with it.
 
-The export (:func:`write_scores`) is one Parquet file, one row per image: ``image_id``,
+The export (:func:`export_human`, :func:`write_scores`) is one Parquet file, one row per image: ``image_id``,
 ``memorability_human`` (lag-corrected hit rate, :func:`neuromem.game.scoring.image_scores`),
 ``hit_rate``, ``false_alarm_rate``, ``n_participants``, ``hits``, ``mean_lag``; the schema
 metadata key ``neuromem`` records the study, the lag fit, the split-half consistency and the
@@ -20,7 +20,16 @@ import pandas as pd
 import pyarrow as pa
 
 from neuromem.errors import InputError
-from neuromem.game.scoring import IMAGE_ID, MEMORABILITY_HUMAN
+from neuromem.game.scoring import (
+    IMAGE_ID,
+    MAX_FALSE_ALARM,
+    MAX_VIGILANCE_MISS,
+    MEMORABILITY_HUMAN,
+    drop_flagged,
+    image_scores,
+    participant_flags,
+    split_half,
+)
 
 METADATA_KEY = b"neuromem"
 HUMAN_COLUMNS = ("hit_rate", "false_alarm_rate", "n_participants")
@@ -48,6 +57,62 @@ def write_scores(scores: pd.DataFrame, out: str, metadata: Mapping[str, Any]) ->
     table = table.replace_schema_metadata({METADATA_KEY: dumps_json(dict(metadata),
                                                                     indent=None)})
     write_parquet(out, table)
+
+
+def export_human(responses: pd.DataFrame, out: str, *, study: str,
+                 reference_lag: float | None = None, n_splits: int = 100, seed: int = 0,
+                 max_vigilance_miss: float = MAX_VIGILANCE_MISS,
+                 max_false_alarm: float = MAX_FALSE_ALARM) -> dict[str, Any]:
+    """Score a study's responses and write the per-image table (what ``neuromem game export`` does).
+
+    Flags participants (:func:`~neuromem.game.scoring.participant_flags`), leaves the flagged
+    out, scores the images, measures the split-half consistency and writes :func:`write_scores`
+    with a record of all of it.
+
+    Parameters
+    ----------
+    responses : pandas.DataFrame
+        The study's response record (:mod:`neuromem.game.scoring`).
+    out : str
+        Parquet file to write (local path or URI).
+    study : str
+        Study name (recorded).
+    reference_lag : float or None
+        Lag the memorability is corrected to (e.g. the middle of the study's ``target_lag``);
+        None: the median target lag.
+    n_splits, seed : int
+        Split-half splits and their seed.
+    max_vigilance_miss, max_false_alarm : float
+        Flag thresholds.
+
+    Returns
+    -------
+    dict
+        The record stored in the table's metadata: ``study``, ``n_images``,
+        ``n_participants``, ``flagged`` (ids), ``alpha``, ``reference_lag``, ``split_half``
+        (``rho``, ``rho_corrected``, ``n_splits``, ``seed``, ``n_images``).
+    """
+    flags = participant_flags(responses, max_vigilance_miss=max_vigilance_miss,
+                              max_false_alarm=max_false_alarm)
+    kept = drop_flagged(responses, flags)
+    if kept.empty:
+        raise InputError(f"every participant of study {study} is flagged "
+                         f"({len(flags)} participants); nothing to score")
+    scores = image_scores(kept, reference_lag)
+    consistency = split_half(kept, n_splits=n_splits, seed=seed,
+                             reference_lag=scores.attrs["reference_lag"])
+    record = {
+        "study": study, "n_images": len(scores),
+        "n_participants": int(kept["participant"].nunique()),
+        "flagged": sorted(map(str, flags.loc[flags["flagged"], "participant"])),
+        "flag_thresholds": {"max_vigilance_miss": max_vigilance_miss,
+                            "max_false_alarm": max_false_alarm},
+        "alpha": scores.attrs["alpha"], "reference_lag": scores.attrs["reference_lag"],
+        "split_half": {"rho": consistency.rho, "rho_corrected": consistency.rho_corrected,
+                       "n_splits": n_splits, "seed": seed, "n_images": consistency.n_images},
+    }
+    write_scores(scores, out, record)
+    return record
 
 
 def read_scores(location: str) -> tuple[pd.DataFrame, dict[str, Any]]:

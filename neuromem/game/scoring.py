@@ -51,11 +51,11 @@ MEMORABILITY_HUMAN = "memorability_human"
 """Column of the lag-corrected human memorability in exported tables (``neuromem decompose
 --memorability memorability_human`` on a score table annotated with it)."""
 
-#: Default flag thresholds: a participant who misses more than half of the vigilance repeats,
-#: or responds to more than half of the first showings, is flagged. This project's defaults
-#: (the rule is LaMem's, the numbers are configurable); not taken from the papers.
+#: Default flag thresholds, the same as a study's ``flags`` (:class:`neuromem.game.study.Flags`):
+#: a participant who misses more than half of the vigilance repeats, or responds to more than
+#: 30 % of the first showings, is flagged. The rule is LaMem's; the numbers are this project's.
 MAX_VIGILANCE_MISS = 0.5
-MAX_FALSE_ALARM = 0.5
+MAX_FALSE_ALARM = 0.3
 
 
 def check_responses(responses: pd.DataFrame) -> None:

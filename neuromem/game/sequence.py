@@ -61,9 +61,11 @@ def check_feasible(study, *, source: str = "study") -> None:
     if s.target_lag[0] >= s.length:
         raise InputError(f"{source}: target_lag {list(s.target_lag)} does not fit a sequence of "
                          f"{s.length}")
-    if len(study.target_ids) < s.targets:
-        raise InputError(f"{source}: {s.targets} targets per participant, but only "
-                         f"{len(study.target_ids)} images have a condition")
+    by_id = study.by_id
+    drawable = len({by_id[i].pair or f"image:{i}" for i in study.target_ids})
+    if drawable < s.targets:
+        raise InputError(f"{source}: {s.targets} targets per participant, but only {drawable} "
+                         "can be drawn (images with a condition, one per pair)")
     needed = s.length - s.targets - s.vigilance  # distinct images shown by one participant
     if len(study.images) < needed:
         raise InputError(f"{source}: a participant sees {needed} distinct images, the study has "
@@ -71,13 +73,27 @@ def check_feasible(study, *, source: str = "study") -> None:
 
 
 def choose_targets(target_ids: Sequence[str], times_target: Mapping[str, int], n: int,
-                   rng: np.random.Generator) -> list[str]:
+                   rng: np.random.Generator, pair_of: Mapping[str, str | None] | None = None
+                   ) -> list[str]:
     """The ``n`` measured images a new participant gets as targets: those that have been a
-    target least often so far, ties broken at random."""
+    target least often so far, ties broken at random, at most one image of each pair (a
+    participant never sees both twins of a base/engineered pair as targets)."""
+    pair_of = pair_of or {}
     tiebreak = rng.permutation(len(target_ids))
     order = sorted(range(len(target_ids)),
                    key=lambda i: (times_target.get(target_ids[i], 0), tiebreak[i]))
-    return [target_ids[i] for i in order[:n]]
+    chosen, pairs = [], set()
+    for i in order:
+        pair = pair_of.get(target_ids[i])
+        if pair is not None and pair in pairs:
+            continue
+        chosen.append(target_ids[i])
+        if pair is not None:
+            pairs.add(pair)
+        if len(chosen) == n:
+            return chosen
+    raise InputError(f"only {len(chosen)} targets can be drawn without showing both twins of a "
+                     f"pair; the study asks for {n} per participant")
 
 
 def _place_pairs(free: np.ndarray, n: int, lags: tuple[int, int], rng: np.random.Generator
@@ -110,7 +126,18 @@ def build_sequence(study, targets: Sequence[str], rng: np.random.Generator) -> l
     """
     s = study.sequence
     targets = list(targets)
-    fillers = [i for i in study.filler_ids] + [i for i in study.target_ids if i not in targets]
+    by_id = study.by_id
+    pairs_seen = {by_id[t].pair for t in targets} - {None}
+    fillers = list(study.filler_ids)
+    for image_id in rng.permutation(study.target_ids):  # at most one image of a pair is shown
+        pair = by_id[image_id].pair
+        if image_id not in targets and pair not in pairs_seen:
+            fillers.append(str(image_id))
+            if pair is not None:
+                pairs_seen.add(pair)
+    if len(fillers) < s.length - 2 * len(targets) - s.vigilance:
+        raise InputError(f"study {study.name}: too few fillers for a sequence of {s.length}; "
+                         "add images without a condition")
     for _ in range(MAX_ATTEMPTS):
         free = np.ones(s.length, dtype=bool)
         target_pairs = _place_pairs(free, len(targets), s.target_lag, rng)

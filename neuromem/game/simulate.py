@@ -13,8 +13,9 @@ sequence but what the page shows it (image URLs), so it exercises exactly what a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +81,7 @@ def play_participant(base_url: str, participant: str, memorability: Mapping[str,
 
 def simulate(base_url: str, memorability: Mapping[str, float], n_participants: int, *,
              behaviour: Behaviour = Behaviour(), concurrency: int = 50, seed: int = 0,
-             prefix: str = "sim") -> list[dict]:
+             prefix: str = "sim", progress: bool = True) -> list[dict]:
     """``n_participants`` simulated participants at once (``concurrency`` threads).
 
     Returns
@@ -90,8 +91,14 @@ def simulate(base_url: str, memorability: Mapping[str, float], n_participants: i
     """
     if n_participants < 1 or concurrency < 1:
         raise InputError("simulate needs at least one participant and one thread")
+    from neuromem.runtime.progress import track
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     ids = [f"{prefix}-{seed}-{k:04d}" for k in range(n_participants)]
     with ThreadPoolExecutor(min(concurrency, n_participants)) as pool:
         futures = [pool.submit(play_participant, base_url, pid, memorability, behaviour,
                                seed * 100_003 + k) for k, pid in enumerate(ids)]
+        for _ in track(as_completed(futures), total=len(futures), desc="simulated participants",
+                       unit="participant", enabled=progress):
+            pass
         return [future.result() for future in futures]

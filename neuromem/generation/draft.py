@@ -62,8 +62,8 @@ class DraftSettings:
         DDIM steps.
     guidance_scale : float
         Classifier-free guidance scale (``<= 1``: conditional prediction only).
-    height, width : int
-        Image size in pixels.
+    height, width : int or None
+        Image size in pixels; None: the model's native size (:meth:`sized_for`).
     learning_rate, weight_decay, max_grad_norm : float
         AdamW and gradient clipping (AlignProp's values by default: 1e-3, 0.1, 5).
     penalty : float
@@ -77,8 +77,8 @@ class DraftSettings:
     lv_samples: int = 2
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
-    height: int = 512
-    width: int = 512
+    height: int | None = 512
+    width: int | None = 512
     learning_rate: float = 1e-3
     weight_decay: float = 0.1
     max_grad_norm: float = 5.0
@@ -95,6 +95,15 @@ class DraftSettings:
             )
         if self.method == "draftlv" and self.lv_samples < 1:
             raise InputError(f"lv_samples must be >= 1, got {self.lv_samples}")
+
+    def sized_for(self, pipe) -> DraftSettings:
+        """These settings with a height or width of None set to the pipeline's native size."""
+        from dataclasses import replace
+
+        from neuromem.generation.pipeline import native_size
+
+        size = native_size(pipe)
+        return replace(self, height=self.height or size, width=self.width or size)
 
     @property
     def grad_steps(self) -> int:

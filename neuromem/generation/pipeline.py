@@ -16,6 +16,9 @@ from neuromem.errors import InputError, MissingWeightsError, UnknownNameError
 TINY = "tiny"
 TINY_MAX_TOKENS = 77
 
+#: Denoising steps when a command is not told: a few for ``tiny`` (a run of seconds), else 50.
+TINY_INFERENCE_STEPS, DEFAULT_INFERENCE_STEPS = 4, 50
+
 # name -> diffusers scheduler class name; all predict epsilon on alphas_cumprod and leave the
 # model input unscaled, which the guided sampler's update relies on.
 SCHEDULERS: dict[str, str] = {
@@ -79,6 +82,18 @@ def load_pipeline(
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def inference_steps_for(model: str, steps: int | None = None) -> int:
+    """Denoising steps: ``steps`` when given, else the model's default (4 for ``tiny``, else 50)."""
+    if steps is not None:
+        return steps
+    return TINY_INFERENCE_STEPS if model == TINY else DEFAULT_INFERENCE_STEPS
+
+
+def native_size(pipe) -> int:
+    """Image side the pipeline's UNet was built for, in pixels (64 for ``tiny``, 512 for SD 1.5)."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:

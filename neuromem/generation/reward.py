@@ -209,6 +209,8 @@ def load_reward_spec(
     correlation: str = "pearson",
     rois: Sequence[str] = DEFAULT_ROIS,
     score_table: str | None = None,
+    encoder: str | None = None,
+    roi_set: str | None = None,
 ) -> RewardSpec:
     """The reward a command uses: weights from ``path`` (or seed 000's), stats from a table.
 
@@ -221,6 +223,10 @@ def load_reward_spec(
         See :func:`weights_from_results` (ignored for YAML files).
     score_table : str or None
         Parquet score table for ``mu`` and ``sigma`` (:func:`roi_stats_from_table`).
+    encoder, roi_set : str or None
+        The reward's encoder spec and ROI set; when given, the score table must have been made
+        with both (:func:`check_table_made_with`), since ``mu`` and ``sigma`` of another encoder
+        or other regions would standardise the responses wrongly.
     """
     if path is None:
         spec = RewardSpec(weights={r: SEED000_WEIGHTS[r] for r in DEFAULT_ROIS})
@@ -231,9 +237,73 @@ def load_reward_spec(
     else:
         raise InputError(f"reward file {path} must end in .json (results) or .yaml (weights)")
     if score_table is not None:
+        if encoder is not None or roi_set is not None:
+            check_table_made_with(score_table, encoder=encoder, roi_set=roi_set)
         mean, std = roi_stats_from_table(score_table, spec.rois)
         spec = spec.with_stats(mean, std, str(score_table))
     return spec
+
+
+def _canonical_spec(spec: str) -> str:
+    """An encoder spec with a local weight path made absolute (``kind:/abs/path``)."""
+    import os
+
+    kind, sep, argument = spec.partition(":")
+    if argument and argument != "tiny" and "://" not in argument:
+        argument = os.path.realpath(os.path.expanduser(argument))
+    return f"{kind}{sep}{argument}"
+
+
+def check_table_made_with(source: str, *, encoder: str | None = None,
+                          roi_set: str | None = None) -> None:
+    """Refuse a score table made by another encoder or ROI set than the reward's.
+
+    The table's metadata (written by ``neuromem score``) records the encoder spec and a
+    fingerprint of the ROI set's vertex indices; both must match.
+
+    Parameters
+    ----------
+    source : str
+        Parquet score table (local path or URI).
+    encoder : str or None
+        Encoder spec of the reward (not checked when None).
+    roi_set : str or None
+        ROI set of the reward, ``"default"`` or a YAML path (not checked when None).
+
+    Raises
+    ------
+    InputError
+        The table has no neuromem metadata, or was made with another encoder or ROI set (the
+        message names both).
+    """
+    from neuromem.cortex.rois import load_roi_set
+    from neuromem.scoring.output import SETTINGS_KEY
+    from neuromem.scoring.table import read_metadata
+
+    try:
+        settings = read_metadata(source).get(SETTINGS_KEY)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot open score table {source}: {exc}") from exc
+    if not settings:
+        raise InputError(
+            f"score table {source} records no settings (not written by neuromem score), so "
+            "its ROI means and stds cannot be checked against the reward's encoder and ROI set"
+        )
+    if encoder is not None and _canonical_spec(str(settings.get("encoder"))) != \
+            _canonical_spec(encoder):
+        raise InputError(
+            f"score table {source} was made by encoder {settings.get('encoder')!r}, but the "
+            f"reward uses {encoder!r}; its ROI means and stds do not apply: score the images "
+            "with the reward's encoder, or drop --score-table"
+        )
+    if roi_set is not None:
+        wanted = load_roi_set(roi_set)
+        if settings.get("rois") != wanted.to_dict()["indices_sha256"]:
+            raise InputError(
+                f"score table {source} was made with ROI set {settings.get('rois_name')!r}, but "
+                f"the reward uses ROI set {wanted.name!r} ({roi_set}); its ROI means and stds "
+                "do not apply: score with the same --rois, or drop --score-table"
+            )
 
 
 def roi_stats_from_table(

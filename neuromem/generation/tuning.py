@@ -2,8 +2,12 @@
 
 A search configuration (``tune_configs/guidance.yaml``) names the model, prompts, target, the
 guiding and the measuring encoder and a ``search_space`` over the guidance scale, truncation
-layer, blur σ, denoising steps, guided-step range (as fractions of the steps) and, on
-heterogeneous clusters, the ``accelerator_type`` a trial runs on. A trial's metrics, as running
+layer (``trunc_layer``: stop the gradient path) or straight-through surrogate layer
+(``surrogate_layer``, CLIP probes), blur σ, gradient path (``grad_path``: ``x0`` or ``unet``),
+``normalize_grad``, denoising steps (``inference_steps``, as ``--inference-steps``), guided-step
+range (as fractions of the steps) and, on heterogeneous clusters, the ``accelerator_type`` a
+trial runs on. Defaults follow the model: ``model: tiny`` is a tiny run (4 denoising steps, the
+tiny open_clip model for fidelity, the model's 64-pixel size) unless the YAML says otherwise. A trial's metrics, as running
 means over its images:
 
 - ``gain``: the target objective measured by ``eval_encoder`` (which must differ from the
@@ -46,8 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "max_concurrent_trials": None,
     "storage_path": None,
 }
-GUIDANCE_KEYS = ("scale", "trunc_layer", "blur_sigma", "steps", "first_step_frac",
-                 "last_step_frac")
+GUIDANCE_KEYS = ("scale", "trunc_layer", "surrogate_layer", "blur_sigma", "grad_path",
+                 "normalize_grad", "inference_steps", "first_step_frac", "last_step_frac")
+#: Earlier names of search_space parameters, refused with the current name.
+RETIRED_KEYS = {"steps": "inference_steps"}
 
 
 
@@ -74,7 +80,7 @@ def check_settings(raw: Any) -> dict[str, Any]:
     unknown = set(raw) - set(REQUIRED_KEYS) - set(DEFAULTS)
     if unknown:
         raise InputError(f"unknown tune config keys {sorted(unknown)}")
-    settings = {**DEFAULTS, **raw}
+    settings = {**DEFAULTS, **model_defaults(raw["model"]), **raw}
     if settings["guide_encoder"] == settings["eval_encoder"]:
         raise InputError(
             "eval_encoder must differ from guide_encoder: the gain has to be measured by an "
@@ -85,15 +91,29 @@ def check_settings(raw: Any) -> dict[str, Any]:
     space = settings["search_space"]
     if not isinstance(space, dict):
         raise InputError("search_space must map parameter names to values or {kind: args}")
+    for old, current in RETIRED_KEYS.items():
+        if old in space:
+            raise InputError(f"search_space.{old} is now search_space.{current} (denoising "
+                             "steps, as --inference-steps)")
     extra = set(space) - set(GUIDANCE_KEYS) - {"accelerator_type"}
     if extra:
         raise InputError(f"unknown search_space parameters {sorted(extra)}; expected "
                          f"{list(GUIDANCE_KEYS) + ['accelerator_type']}")
-    if "scale" not in space or "steps" not in space:
-        raise InputError("search_space needs at least 'scale' and 'steps'")
+    if "scale" not in space:
+        raise InputError("search_space needs at least 'scale'")
     for name, spec in space.items():
         search_dimension(name, spec)  # raises on malformed entries
+    from neuromem.generation.pipeline import inference_steps_for  # torch: after the checks
+
+    settings["search_space"] = {"inference_steps": inference_steps_for(settings["model"]),
+                                **space}
     return settings
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Defaults that follow the model: ``tiny`` measures fidelity with the tiny open_clip model
+    (offline; the denoising steps follow it in :func:`check_settings`)."""
+    return {"fidelity": {"model": "tiny"}} if model == "tiny" else {}
 
 
 def search_dimension(name: str, spec: Any) -> tuple[str, list] | Any:

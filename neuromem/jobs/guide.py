@@ -34,9 +34,6 @@ from neuromem.runtime.storage import check_writable, write_json
 
 log = logging.getLogger(__name__)
 
-#: Denoising steps when ``--inference-steps`` is not given: a test model runs a few.
-TINY_INFERENCE_STEPS, DEFAULT_INFERENCE_STEPS = 4, 50
-
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationConfig(JobConfig):
@@ -48,7 +45,8 @@ class GenerationConfig(JobConfig):
         Stable Diffusion 1.x/2.x: local folder, cached hub id, or ``tiny``.
     out : str
         Output folder (local).
-    scale, trunc_layer, blur_sigma, first_step, last_step
+    scale, trunc_layer, surrogate_layer, blur_sigma, first_step, last_step, grad_path, \
+    normalize_grad
         Brain guidance (:class:`neuromem.generation.guidance.GuidanceConfig`).
     rois : str
         ROI set (``default`` or a YAML file).
@@ -68,9 +66,12 @@ class GenerationConfig(JobConfig):
     out: str
     scale: float
     trunc_layer: int | None = None
+    surrogate_layer: int | None = None
     blur_sigma: float = 0.0
     first_step: int = 0
     last_step: int | None = None
+    grad_path: str = "x0"
+    normalize_grad: bool = False
     rois: str = "default"
     seed: int = 0
     inference_steps: int | None = None
@@ -84,9 +85,9 @@ class GenerationConfig(JobConfig):
     @property
     def steps(self) -> int:
         """Denoising steps, resolved from the model when not given."""
-        if self.inference_steps is not None:
-            return self.inference_steps
-        return TINY_INFERENCE_STEPS if self.model == "tiny" else DEFAULT_INFERENCE_STEPS
+        from neuromem.generation.pipeline import inference_steps_for
+
+        return inference_steps_for(self.model, self.inference_steps)
 
     def check(self) -> None:
         """Raise :class:`InputError` for values no run can use (before any model loads)."""
@@ -104,8 +105,9 @@ class GenerationConfig(JobConfig):
         from neuromem.generation.guidance import GuidanceConfig
 
         return GuidanceConfig(scale=self.scale, trunc_layer=self.trunc_layer,
-                              blur_sigma=self.blur_sigma, first_step=self.first_step,
-                              last_step=self.last_step)
+                              surrogate_layer=self.surrogate_layer, blur_sigma=self.blur_sigma,
+                              first_step=self.first_step, last_step=self.last_step,
+                              grad_path=self.grad_path, normalize_grad=self.normalize_grad)
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments of :func:`neuromem.generation.guidance.generate`."""

@@ -102,6 +102,11 @@ class WorkerProgress:
         if self.actor is not None:
             self.actor.advance.remote(n, postfix)
 
+    def reach(self, done: int, **postfix: Any) -> None:
+        """``done`` steps done in all (a loop restarted from a checkpoint repeats no step)."""
+        if self.actor is not None:
+            self.actor.reach.remote(done, postfix)
+
 
 class _ProgressRelay:
     """Actor holding the steps done and the latest postfix."""
@@ -112,6 +117,10 @@ class _ProgressRelay:
 
     def advance(self, n: int, postfix: dict[str, Any]) -> None:
         self.done += n
+        self.postfix.update(postfix)
+
+    def reach(self, done: int, postfix: dict[str, Any]) -> None:
+        self.done = max(self.done, done)
         self.postfix.update(postfix)
 
     def read(self) -> tuple[int, dict[str, Any]]:
@@ -125,7 +134,8 @@ def storage_path(out: str) -> str:
 
 def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainWorkers,
         name: str, out: str, datasets: dict | None = None, total_steps: int | None = None,
-        progress: bool = True, desc: str = "training", unit: str = "step"):
+        progress: bool = True, desc: str = "training", unit: str = "step",
+        max_failures: int = 0, keep_checkpoints: int | None = None):
     """Run ``loop(config)`` on every worker with Ray Train and return its result.
 
     Call inside :func:`neuromem.jobs.session.ray_session`.
@@ -150,6 +160,10 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
         Draw the bar.
     desc, unit : str
         Bar label and unit.
+    max_failures : int
+        Restarts of the worker group from the latest checkpoint after a worker dies.
+    keep_checkpoints : int or None
+        Checkpoints kept (the latest ones); None keeps all.
 
     Returns
     -------
@@ -162,7 +176,7 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
         When training ended without a checkpoint.
     """
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     workers.check()
@@ -175,7 +189,9 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
             num_workers=workers.workers, use_gpu=gpus > 0,
             resources_per_worker={"CPU": workers.cpus_per_worker,
                                   **({"GPU": gpus} if gpus > 0 else {})}),
-        run_config=RunConfig(name=name, storage_path=storage_path(out)),
+        run_config=RunConfig(name=name, storage_path=storage_path(out),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
         datasets=datasets or {},
     )
     if relay is None:

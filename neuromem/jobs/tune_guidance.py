@@ -92,9 +92,10 @@ def trial_progress(settings: dict[str, Any], *, enabled: bool = True):
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             if self.bar is None:
-                total = len(settings["prompts"]) * int(settings["num_samples"])
-                self.bar = progress_bar(total, desc="tune-guidance (prompts over trials)",
+                self.bar = progress_bar(None, desc="tune-guidance (prompts over trials)",
                                         unit="prompt", enabled=enabled)
+            # every trial created so far runs all prompts unless ASHA stops it: an upper bound
+            self.bar.total = len(settings["prompts"]) * len(trials)
             self.best = max(self.best, float(result.get("score", -np.inf)))
             self.bar.set_postfix(best_score=f"{self.best:.4g}")
             self.bar.update(1)
@@ -127,6 +128,19 @@ def node_placement() -> dict[str, str]:
     return {"node_id": node_id, "node_accelerator_types": ",".join(types)}
 
 
+def trial_guidance(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's :class:`~neuromem.generation.guidance.GuidanceConfig` settings (no step
+    range), typed, with the defaults of ``neuromem guide`` for what the search leaves out."""
+    def layer(name: str) -> int | None:
+        return None if config.get(name) is None else int(config[name])
+
+    return {"scale": float(config["scale"]), "trunc_layer": layer("trunc_layer"),
+            "surrogate_layer": layer("surrogate_layer"),
+            "blur_sigma": float(config.get("blur_sigma", 0.0)),
+            "grad_path": str(config.get("grad_path", "x0")),
+            "normalize_grad": bool(config.get("normalize_grad", False))}
+
+
 def guidance_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     """One Tune trial: guided vs unguided images per prompt, reporting running means."""
     import torch
@@ -150,13 +164,10 @@ def guidance_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
 
     placement = node_placement()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    steps = int(config["steps"])
+    steps = int(config["inference_steps"])
     first, last = guided_step_range(steps, config.get("first_step_frac", 0.0),
                                     config.get("last_step_frac", 1.0))
-    trunc = config.get("trunc_layer")
-    guidance_config = GuidanceConfig(
-        scale=float(config["scale"]), trunc_layer=None if trunc is None else int(trunc),
-        blur_sigma=float(config.get("blur_sigma", 0.0)), first_step=first, last_step=last)
+    guidance_config = GuidanceConfig(**trial_guidance(config), first_step=first, last_step=last)
     reducer = RoiReducer(load_roi_set(settings["rois"]))
     objective = RoiObjective(reducer, parse_target(settings["target"]))
     pipe = load_pipeline(settings["model"], device=device, dtype=resolve_dtype(settings["dtype"]),
@@ -254,10 +265,9 @@ def write_outputs(results, settings: dict[str, Any], out: Path) -> dict[str, Any
     summary = {
         "guide": {
             "model": settings["model"], "target": settings["target"],
-            "encoder": settings["guide_encoder"], "scale": float(config["scale"]),
-            "trunc_layer": config.get("trunc_layer"),
-            "blur_sigma": float(config.get("blur_sigma", 0.0)),
-            "steps": int(config["steps"]), "first_step": int(first), "last_step": int(last),
+            "encoder": settings["guide_encoder"], **trial_guidance(config),
+            "inference_steps": int(config["inference_steps"]), "first_step": int(first),
+            "last_step": int(last),
             "cfg_scale": settings["cfg_scale"], "scheduler": settings["scheduler"],
         },
         "config": config,

@@ -79,10 +79,10 @@ def test_finetune_job_writes_a_lora_that_diffusers_loads(cluster, tmp_path):
     out = tmp_path / "runs"
     submit(cluster, "finetune_draft", "--model", "tiny", "--encoder", ENCODER, "--workers", 1,
            "--gpus-per-worker", 0, "--batch-size", 1, "--steps", 2, "--checkpoint-every", 1, "--inference-steps", 2,
-           "--size", 32, "--guidance-scale", 3.0, "--lr", 0.01, "--max-failures", 0,
+           "--size", 32, "--cfg-scale", 3.0, "--lr", 0.01, "--max-failures", 0,
            "--out", out, "--name", "draft")
     records = [json.loads(p.read_text()) | {"dir": p.parent}
-               for p in (out / "draft").glob("checkpoint_*/run.json")]
+               for p in (out / "ray" / "draft").glob("checkpoint_*/run.json")]
     last = max(records, key=lambda r: r["step"])
     assert last["step"] == 2 and last["world_size"] == 1 and len(last["history"]) == 2
     assert last["encoder"] == ENCODER and last["global_batch"] == 1

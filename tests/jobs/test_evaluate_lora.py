@@ -18,10 +18,11 @@ from neuromem.generation.draft import (
     sample_seed,
     save_lora,
 )
+from neuromem.generation.evaluation import clip_fidelity
 from neuromem.generation.pipeline import load_pipeline
 from neuromem.generation.reward import RewardSpec, build_composite_reward
 from neuromem.memorability import ResMemAssessor
-from pipelines.evaluate_lora import clip_fidelity, load_clip
+from neuromem.networks import load_clip
 
 PROMPTS = ["a portrait of a man", "a quiet forest"]
 SEEDS = [0, 3]
@@ -53,19 +54,30 @@ def make_lora(folder) -> None:
     }))
 
 
-def test_evaluate_lora_report(tmp_path, capsys):
-    lora = tmp_path / "lora"
-    make_lora(lora)
+def test_evaluate_lora_report(tmp_path, capsys, monkeypatch):
+    # a finetune --out folder (Ray Train's layout), named by a relative path: its latest
+    # checkpoint is evaluated
+    run = tmp_path / "runs" / "ray" / "draft"
+    make_lora(run / "checkpoint_000001")
+    (run / "checkpoint_000001" / "run.json").write_text(json.dumps({"step": 2}))
+    make_lora(run / "checkpoint_000002")
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "eval"
+    monkeypatch.chdir(tmp_path)
+    # --model tiny: denoising steps, size and CLIP model follow it (4 steps, 64 px, open_clip:tiny)
     code = main([
-        "evaluate-lora", "--model", "tiny", "--lora", str(lora), "--prompts",
-        str(tmp_path / "prompts.txt"), "--seeds", *map(str, SEEDS), "--inference-steps", "2",
-        "--guidance-scale", "3", "--size", "32", "--clip-model", "tiny", "--device", "cpu",
-        "--out", str(out),
+        "evaluate-lora", "--model", "tiny", "--lora", "runs", "--prompts", "prompts.txt",
+        "--seeds", *map(str, SEEDS), "--cfg-scale", "3", "--device", "cpu", "--out", "eval",
     ])
     assert code == 0
+    err = capsys.readouterr().err
+    assert "generating base and LoRA: 100%" in err and "scoring (reward, resmem, CLIP): 100%" in err
+    assert "8/8" in err and ("img/s" in err or "s/img" in err)
     evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["lora"] == str(run / "checkpoint_000002")
+    assert evaluation["training_run"]["step"] == 3
+    assert evaluation["settings"]["num_inference_steps"] == 4 and evaluation["settings"]["size"] == 64
+    assert evaluation["clip"] == "open_clip:tiny"
     assert evaluation["reward"] == REWARD.to_dict()  # taken from the checkpoint's run.json
     assert evaluation["encoder"] == "clip-probe:tiny"
     summary = evaluation["summary"]
@@ -77,12 +89,12 @@ def test_evaluate_lora_report(tmp_path, capsys):
 
     # independent recomputation of the base images and their scores
     pipe = load_pipeline("tiny")
-    latents = gaussian([sample_seed(s, p) for p in range(2) for s in SEEDS], (4, 16, 16),
+    latents = gaussian([sample_seed(s, p) for p in range(2) for s in SEEDS], (4, 32, 32),
                        "cpu", torch.float32)
     prompts = [p for p in PROMPTS for _ in SEEDS]
     with torch.no_grad():
-        base = pipe(prompt=prompts, latents=latents.clone(), height=32, width=32,
-                    num_inference_steps=2, guidance_scale=3.0, output_type="pt").images
+        base = pipe(prompt=prompts, latents=latents.clone(), height=64, width=64,
+                    num_inference_steps=4, guidance_scale=3.0, output_type="pt").images
         reward = build_composite_reward("clip-probe:tiny", REWARD)
         rois = reward.roi_responses(base)
     np.testing.assert_allclose(rows["base_reward"], reward.from_roi_responses(rois).numpy(),
@@ -91,9 +103,9 @@ def test_evaluate_lora_report(tmp_path, capsys):
     np.testing.assert_allclose(rows["base_roi_FFA"], rois[:, ffa].numpy(), rtol=1e-4)
     np.testing.assert_allclose(rows["base_resmem"], ResMemAssessor().score(base).numpy(),
                                rtol=1e-4)
-    clip, tokenizer = load_clip("tiny", "", "cpu")
-    np.testing.assert_allclose(rows["base_clip_fidelity"],
-                               clip_fidelity(clip, tokenizer, base, prompts), rtol=1e-4)
+    clip = load_clip("open_clip:tiny")
+    np.testing.assert_allclose(rows["base_clip_fidelity"], clip_fidelity(clip, base, prompts),
+                               rtol=1e-4)
     assert (rows["base_clip_fidelity"].abs() <= 1).all()
     # the LoRA changes the images, so its scores differ from the base's
     assert not np.allclose(rows["lora_reward"], rows["base_reward"])
@@ -101,8 +113,8 @@ def test_evaluate_lora_report(tmp_path, capsys):
     assert np.isclose(summary["reward"]["mean_difference"], diff.mean(), rtol=1e-9)
 
     grid = np.asarray(Image.open(out / "grid.png"))
-    assert grid.shape == (4 * 32, 64, 3)
-    expected_left = (base.permute(0, 2, 3, 1).reshape(-1, 32, 3) * 255).numpy()
-    assert np.abs(grid[:, :32].astype(float) - expected_left).max() <= 1.0
+    assert grid.shape == (4 * 64, 128, 3)
+    expected_left = (base.permute(0, 2, 3, 1).reshape(-1, 64, 3) * 255).numpy()
+    assert np.abs(grid[:, :64].astype(float) - expected_left).max() <= 1.0
     report = (out / "report.md").read_text()
     assert "| resmem |" in report and "'FFA': 1.0" in report and "grid.png" in report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -14,14 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neuromem.cli import main
+from neuromem.cli import build_parser, main
 from neuromem.errors import InputError
 from neuromem.generation.draft import LORA_WEIGHT_NAME, draft_update, save_lora
 from neuromem.generation.pipeline import load_pipeline
-from pipelines.finetune_draft import (
-    add_arguments,
-    config_from_args,
-    fit,
+from neuromem.jobs.finetune import (
+    FinetuneConfig,
+    check_run,
+    loop_config,
     setup_worker,
     worker_batch,
 )
@@ -29,9 +28,9 @@ from pipelines.finetune_draft import (
 STEPS = 6
 ARGS = [
     "finetune", "--model", "tiny", "--encoder", "clip-probe:tiny", "--workers", "2",
-    "--batch-size", "2", "--steps", str(STEPS), "--inference-steps", "2", "--size", "32",
-    "--guidance-scale", "3", "--checkpoint-every", "1", "--lr", "0.01", "--seed", "7",
-    "--max-failures", "1", "--name", "run",
+    "--gpus-per-worker", "0", "--batch-size", "2", "--steps", str(STEPS),
+    "--inference-steps", "2", "--size", "32", "--cfg-scale", "3", "--checkpoint-every", "1",
+    "--lr", "0.01", "--seed", "7", "--max-failures", "1", "--name", "run",
 ]
 
 
@@ -53,10 +52,9 @@ def write_inputs(tmp_path: Path) -> list[str]:
             "--out", str(tmp_path / "runs"), "--pid-dir", str(tmp_path / "pids")]
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(argv[1:])
+def config_of(argv: list[str]) -> dict:
+    """The training loop's config of a command line."""
+    return loop_config(FinetuneConfig.from_args(build_parser(argv).parse_args(argv)))
 
 
 def wait_for(condition, timeout: float = 300.0) -> None:
@@ -75,9 +73,9 @@ def checkpoint_registered(run_dir: Path) -> bool:
     return snapshot.get("latest_checkpoint_result") is not None
 
 
-def single_process_reference(args) -> dict[str, torch.Tensor]:
+def single_process_reference(argv: list[str]) -> dict[str, torch.Tensor]:
     """The same global batches on one process, no Ray."""
-    config = config_from_args(args)
+    config = config_of(argv)
     state = setup_worker(config, torch.device("cpu"))
     for step in range(config["steps"]):
         batch = worker_batch(state, config, step, rank=0, world=1)
@@ -93,11 +91,16 @@ def test_finetune_two_workers_survive_a_killed_worker(ray_local, tmp_path, capsy
     run = threading.Thread(target=lambda: codes.append(main(argv)))
     run.start()
     # kill rank 0 with SIGKILL once Ray Train has registered the first checkpoint
-    wait_for(lambda: checkpoint_registered(tmp_path / "runs" / "run"))
+    wait_for(lambda: checkpoint_registered(tmp_path / "runs" / "ray" / "run"))
     os.kill(int((tmp_path / "pids" / "rank0.0.pid").read_text()), signal.SIGKILL)
     run.join()
     assert codes == [0]
-    out = capsys.readouterr().out  # Ray may print a worker-death notice before the summary
+    captured = capsys.readouterr()
+    out = captured.out  # Ray may print a worker-death notice before the summary
+    # the progress bar: steps done of all, the reward, and the rate (tqdm: s/step or step/s)
+    assert "finetune: 100%" in captured.err and f"{STEPS}/{STEPS}" in captured.err
+    assert "reward=" in captured.err
+    assert "s/step" in captured.err or "step/s" in captured.err
     final = Path(json.loads(out[out.index('{\n  "checkpoint"'):])["checkpoint"])
     assert (tmp_path / "pids" / "rank0.1.pid").exists()  # the worker group was restarted
     record = json.loads((final / "run.json").read_text())
@@ -109,7 +112,7 @@ def test_finetune_two_workers_survive_a_killed_worker(ray_local, tmp_path, capsy
     assert 0 < history[-1]["resumed_from"] < STEPS  # resumed from a checkpoint, not from 0
 
     # the distributed, interrupted run makes the same updates as one uninterrupted process
-    reference = single_process_reference(parse(argv))
+    reference = single_process_reference(argv)
     with torch.no_grad():
         expected_dir = tmp_path / "reference"
         save_lora(reference.pipe.unet, expected_dir)
@@ -136,5 +139,42 @@ def test_finetune_two_workers_survive_a_killed_worker(ray_local, tmp_path, capsy
     assert main(argv) == 2
     assert "--resume" in capsys.readouterr().err
     with pytest.raises(InputError, match="nothing to resume"):
-        fit(config_from_args(parse(argv)), workers=2,
-            storage_path=str(tmp_path / "runs"), name="other", resume=True)
+        check_run(str(tmp_path / "runs"), "other", resume=True)
+
+
+def test_tiny_model_means_a_tiny_run(tmp_path):
+    """``--model tiny`` without sampling options: 4 denoising steps at the native 64 px."""
+    config = config_of(["finetune", "--model", "tiny", "--encoder", "clip-probe:tiny", "--steps",
+                        "1", "--out", str(tmp_path / "runs")])
+    assert config["settings"]["num_inference_steps"] == 4
+    state = setup_worker(config, torch.device("cpu"))
+    assert (state.settings.height, state.settings.width) == (64, 64)
+    batch = worker_batch(state, config, 0, rank=0, world=1)
+    assert batch.latents_bchw.shape[-2:] == (32, 32)  # 64 px through the VAE's factor 2
+    config = config_of(["finetune", "--model", "/some/sd", "--encoder", "clip-probe:tiny",
+                        "--steps", "1", "--out", str(tmp_path / "runs")])
+    assert config["settings"]["num_inference_steps"] == 50
+
+
+def test_score_table_of_another_encoder_is_refused(tmp_path, capsys):
+    """The reward's mean and std must come from the reward's own encoder and ROI set."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from neuromem.cortex.rois import load_roi_set
+    from neuromem.scoring.table import build_metadata, write_metadata
+
+    rois = load_roi_set("default")
+    settings = {"encoder": "tribev2:tiny", "rois": rois.to_dict()["indices_sha256"],
+                "rois_name": "default"}
+    table = pa.table({c: [0.0, 1.0, 2.0] for c in rois.column_names})
+    (tmp_path / "scores").mkdir()
+    pq.write_table(write_metadata(table, build_metadata(encoder={"spec": "tribev2:tiny"},
+                                                        settings=settings)),
+                   tmp_path / "scores" / "part-0.parquet")
+    code = main(["finetune", "--model", "tiny", "--encoder", "clip-probe:tiny", "--steps", "1",
+                 "--score-table", str(tmp_path / "scores"), "--out", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'tribev2:tiny'" in err and "'clip-probe:tiny'" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything started

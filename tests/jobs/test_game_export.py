@@ -12,9 +12,27 @@ import pytest
 
 from neuromem.cli import main
 from neuromem.errors import InputError
-from neuromem.game.export import annotate_scores, read_scores, write_scores
+from neuromem.game.export import annotate_scores, export_human, read_scores, write_scores
 from neuromem.game.scoring import image_scores, split_half
 from tests.unit.game.records import simulate_records
+
+
+def test_export_leaves_flagged_participants_out_and_records_the_consistency(tmp_path):
+    truth = np.random.default_rng(2).uniform(0.3, 0.9, 40)
+    good = simulate_records(truth, 30, seed=3)
+    sleepy = simulate_records(truth, 3, seed=4, vigilance_hit=0.0, participant_prefix="z")
+    responses = pd.concat([good, sleepy], ignore_index=True)
+    out = tmp_path / "human.parquet"
+    record = export_human(responses, str(out), study="s", reference_lag=100, n_splits=5)
+    scores, stored = read_scores(str(out))
+    assert stored == json.loads(json.dumps(record))
+    assert record["flagged"] == ["z000", "z001", "z002"] and record["n_participants"] == 30
+    expected = image_scores(good, 100).reset_index(drop=True)
+    pd.testing.assert_frame_equal(scores, expected, check_like=True)
+    assert record["split_half"]["rho"] == pytest.approx(
+        split_half(good, n_splits=5, seed=0, reference_lag=100).rho)
+    with pytest.raises(InputError, match="every participant"):
+        export_human(sleepy, str(out), study="s")
 
 
 def test_exported_human_memorability_feeds_decompose(tmp_path):

@@ -118,6 +118,7 @@ def test_cross_eval_matrix_ranks_and_heatmap(tmp_path):
     (["--inference-steps", "-2"], "--inference-steps must be at least 1"),
     (["--n", "0"], "--n must be at least 1"),
     (["--blur-sigma", "-1"], "blur sigma"),
+    (["--trunc-layer", "2", "--surrogate-layer", "2"], "not both"),
 ])
 def test_bad_arguments_are_one_line_before_any_model_loads(tmp_path, capsys, extra, message):
     given = {"--model": "/nonexistent/model", "--prompt": "x", "--target": "PPA:+1",
@@ -126,3 +127,16 @@ def test_bad_arguments_are_one_line_before_any_model_loads(tmp_path, capsys, ext
     assert main(["guide", *[part for item in given.items() for part in item]]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_gradient_settings_reach_the_guidance_config():
+    from neuromem.cli import build_parser
+    from neuromem.jobs.guide import GuideConfig
+
+    argv = ["guide", "--model", "tiny", "--prompt", "x", "--target", "PPA:+1", "--encoder",
+            "clip-probe:tiny", "--scale", "2", "--surrogate-layer", "3", "--grad-path", "unet",
+            "--normalize-grad", "--out", "unused"]
+    args = build_parser(argv).parse_args(argv)
+    guidance = GuideConfig.from_args(args).guidance()
+    assert (guidance.surrogate_layer, guidance.trunc_layer) == (3, None)
+    assert guidance.grad_path == "unet" and guidance.normalize_grad is True

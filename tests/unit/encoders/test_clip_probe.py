@@ -1,4 +1,5 @@
-"""The CLIP probe encoder: gradients, truncation, probe files, preprocessing vs torchvision."""
+"""The CLIP probe encoder: gradients, the straight-through surrogate, probe files, preprocessing
+vs torchvision."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def _images(seed: int = 0, shape=(2, 3, 90, 70)) -> torch.Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _pixel_grad(encoder, reducer, images, trunc_layer=None, roi="FFA"):
+def _pixel_grad(encoder, reducer, images, surrogate_layer=None, roi="FFA"):
     images = images.clone().requires_grad_(True)
-    rois_br = encoder.roi_responses(images, reducer, trunc_layer=trunc_layer)
+    rois_br = reducer(encoder(images, surrogate_layer=surrogate_layer))
     rois_br[:, reducer.names.index(roi)].sum().backward()
     return rois_br.detach(), images.grad
 
@@ -64,23 +65,32 @@ def test_roi_gradient_reaches_pixels(encoder, reducer):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_truncation_keeps_values_and_changes_gradients(encoder, reducer):
+def test_surrogate_keeps_values_and_changes_gradients(encoder, reducer):
     images = _images(1)
     full, grad_full = _pixel_grad(encoder, reducer, images)
     for layer in (1, 2):
-        truncated, grad_trunc = _pixel_grad(encoder, reducer, images, trunc_layer=layer)
-        assert torch.equal(full, truncated)
-        assert torch.isfinite(grad_trunc).all() and grad_trunc.abs().sum() > 0
-        assert not torch.allclose(grad_full, grad_trunc)
-    last, grad_last = _pixel_grad(encoder, reducer, images, trunc_layer=encoder.n_layers)
+        surrogate, grad_surrogate = _pixel_grad(encoder, reducer, images, surrogate_layer=layer)
+        assert torch.equal(full, surrogate)
+        assert torch.isfinite(grad_surrogate).all() and grad_surrogate.abs().sum() > 0
+        assert not torch.allclose(grad_full, grad_surrogate)
+    last, grad_last = _pixel_grad(encoder, reducer, images, surrogate_layer=encoder.n_layers)
     assert torch.equal(full, last) and torch.equal(grad_full, grad_last)
 
 
-def test_truncated_gradient_is_that_of_the_shallow_readout(encoder):
+def test_trunc_layer_means_stop_the_gradient_path_so_the_probe_takes_only_full_depth(encoder):
+    """One option, one meaning: the probe reads only its last block, so stopping the gradient
+    path below it would leave none; it refuses and names the surrogate instead."""
+    images = _images()
+    torch.testing.assert_close(encoder(images, trunc_layer=encoder.n_layers), encoder(images))
+    with pytest.raises(InputError, match="no gradient path.*surrogate_layer"):
+        encoder(images, trunc_layer=2)
+
+
+def test_surrogate_gradient_is_that_of_the_shallow_readout(encoder):
     """The gradient at layer k equals the gradient of the head on block-k tokens."""
     visual = encoder.visual
     images = _images(2).requires_grad_(True)
-    encoder(images, trunc_layer=2)[:, :50].sum().backward()
+    encoder(images, surrogate_layer=2)[:, :50].sum().backward()
     expected_images = images.detach().clone().requires_grad_(True)
     pixels = resize_center_crop(expected_images, 64)
     mean = torch.tensor(encoder.image_mean)[:, None, None]
@@ -93,10 +103,12 @@ def test_truncated_gradient_is_that_of_the_shallow_readout(encoder):
     torch.testing.assert_close(images.grad, expected_images.grad)
 
 
-def test_trunc_layer_out_of_range(encoder):
+def test_trunc_and_surrogate_layer_out_of_range(encoder):
     for bad in (0, encoder.n_layers + 1):
-        with pytest.raises(InputError, match="trunc_layer"):
+        with pytest.raises(InputError, match="trunc_layer must be in"):
             encoder(_images(), trunc_layer=bad)
+        with pytest.raises(InputError, match="surrogate_layer must be in"):
+            encoder(_images(), surrogate_layer=bad)
 
 
 def test_bad_image_shapes(encoder):

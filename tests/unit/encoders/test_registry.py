@@ -79,6 +79,9 @@ def test_custom_encoder_registration(clean_registry):
     assert len(meta["weights_sha256"]) == 64
     with pytest.raises(InputError, match=r"trunc_layer must be in 1\.\.1"):
         encoder(images, trunc_layer=2)
+    assert encoder.check_surrogate_layer(None) is None
+    with pytest.raises(InputError, match="has no straight-through surrogate"):
+        encoder.check_surrogate_layer(1)  # only encoders that offer it take surrogate_layer
     with pytest.raises(InputError, match="without ':'"):
         register_encoder("a:b", lambda argument, spec: encoder)
 

@@ -84,7 +84,7 @@ def test_a_real_effect_is_found_by_all_three_estimates(tmp_path):
     assert set(mixed.random_sd) == {"participant", "image", "pair"}
 
     sources = {}
-    for image_id in pairs["image_base"].head(3).tolist() + pairs["image_engineered"].head(2).tolist():
+    for image_id in pairs["image_base"].tolist() + pairs["image_engineered"].tolist()[:-1]:
         path = tmp_path / f"{image_id}.png"
         Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
         sources[image_id] = str(path)

@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from neuromem.generation.reward import (
     load_reward_spec,
     roi_stats_from_table,
 )
+from neuromem.scoring.table import build_metadata, write_metadata
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +107,44 @@ def test_stats_from_score_table(tmp_path):
     assert spec.mean == mean and spec.std == std and spec.stats_source == str(folder)
     with pytest.raises(UnknownNameError, match="roi_LOC"):
         load_reward_spec(None, score_table=str(folder))  # the default ROIs include LOC
+
+
+def write_scored_table(folder, *, encoder: str, roi_set: str) -> None:
+    """A two-part table with the metadata ``neuromem score`` writes (encoder, ROI fingerprint)."""
+    rois = load_roi_set(roi_set)
+    settings = {"encoder": encoder, "rois": rois.to_dict()["indices_sha256"],
+                "rois_name": rois.name}
+    metadata = build_metadata(encoder={"spec": encoder}, atlas=rois.atlas, rois=rois.to_dict(),
+                              settings=settings)
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        table = pa.table({"image_id": [f"{k}_{i}" for i in range(20)],
+                          **{c: rng.normal(size=20).astype("float32") for c in rois.column_names}})
+        pq.write_table(write_metadata(table, metadata), folder / f"part-{k}.parquet")
+
+
+def test_score_table_must_come_from_the_rewards_encoder_and_rois(tmp_path):
+    (tmp_path / "w.yaml").write_text("weights: {FFA: 1.0, PPA: -1.0}\n")
+    (tmp_path / "mine.yaml").write_text(
+        "name: mine\natlas: glasser\nrois:\n  FFA: [FFC]\n  PPA: [PHA1]\n")
+    write_scored_table(tmp_path / "tiny", encoder="clip-probe:tiny", roi_set="default")
+    write_scored_table(tmp_path / "mine", encoder="clip-probe:tiny",
+                       roi_set=str(tmp_path / "mine.yaml"))
+    good = load_reward_spec(tmp_path / "w.yaml", score_table=str(tmp_path / "tiny"),
+                            encoder="clip-probe:tiny", roi_set="default")
+    assert good.stats_source == str(tmp_path / "tiny")
+    with pytest.raises(InputError, match=r"encoder 'clip-probe:tiny'.*uses 'tribev2:tiny'"):
+        load_reward_spec(tmp_path / "w.yaml", score_table=str(tmp_path / "tiny"),
+                         encoder="tribev2:tiny", roi_set="default")
+    with pytest.raises(InputError, match=r"ROI set 'mine'.*ROI set 'default'"):
+        load_reward_spec(tmp_path / "w.yaml", score_table=str(tmp_path / "mine"),
+                         encoder="clip-probe:tiny", roi_set="default")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    pd.DataFrame({"roi_FFA": [1.0, 2.0], "roi_PPA": [0.0, 1.0]}).to_parquet(bare / "p.parquet")
+    with pytest.raises(InputError, match="records no settings"):
+        load_reward_spec(tmp_path / "w.yaml", score_table=str(bare), encoder="clip-probe:tiny")
 
 
 class LinearEncoder(torch.nn.Module):
