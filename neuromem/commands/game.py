@@ -72,8 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_db(export)
     export.add_argument("--out", required=True, help="Parquet file to write (local path or URI)")
     export.add_argument("--splits", type=int, default=100, help="split-half resamples")
-    export.add_argument("--keep-flagged", action="store_true",
-                        help="keep flagged participants (default: leave them out)")
     export.add_argument("--annotate", default=None, metavar="TABLE",
                         help="also write a copy of this score table with the human columns, for "
                              "`neuromem decompose --memorability memorability_human`")
@@ -206,41 +204,22 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def human_scores(study, engine, *, keep_flagged: bool = False, splits: int = 100, seed: int = 0):
-    """Per-image scores of a study's responses, and the record stored with them."""
-    from neuromem.game import db, scoring
-
-    responses = db.responses_frame(engine, study)
-    if responses.empty:
-        raise InputError(f"study {study.name} has no responses in this database yet")
-    flags = scoring.participant_flags(responses,
-                                      max_vigilance_miss=study.flags.max_vigilance_miss,
-                                      max_false_alarm=study.flags.max_false_alarm)
-    kept = responses if keep_flagged else scoring.drop_flagged(responses, flags)
-    scores = scoring.image_scores(kept)
-    halves = scoring.split_half(kept, n_splits=splits, seed=seed)
-    record = {"study": study.name, "participants": int(responses["participant"].nunique()),
-              "flagged": flags.loc[flags["flagged"], "participant"].astype(str).tolist(),
-              "flagged_kept": keep_flagged, "lag_alpha": scores.attrs.get("alpha"),
-              "reference_lag": scores.attrs.get("reference_lag"),
-              "split_half": {"rho": halves.rho, "rho_spearman_brown": halves.rho_corrected,
-                             "splits": splits, "seed": seed}}
-    return scores, record
-
-
 def run_export(args: argparse.Namespace) -> int:
     from neuromem.game import db
-    from neuromem.game.export import annotate_scores, write_scores
+    from neuromem.game.export import annotate_scores, export_human
     from neuromem.game.study import load_study
 
     study = load_study(args.study)
-    scores, record = human_scores(study, db.connect(args.db), keep_flagged=args.keep_flagged,
-                                  splits=args.splits, seed=args.seed)
-    write_scores(scores, args.out, record)
-    print(f"wrote {args.out}: {len(scores)} images from {record['participants']} participants "
-          f"({len(record['flagged'])} flagged{', kept' if args.keep_flagged else ', left out'}); "
-          f"split-half Spearman {record['split_half']['rho']:.3f} "
-          f"(Spearman-Brown {record['split_half']['rho_spearman_brown']:.3f})")
+    responses = db.responses_frame(db.connect(args.db), study)
+    if responses.empty:
+        raise InputError(f"study {study.name} has no responses in this database yet")
+    record = export_human(responses, args.out, study=study.name, n_splits=args.splits,
+                          seed=args.seed, max_vigilance_miss=study.flags.max_vigilance_miss,
+                          max_false_alarm=study.flags.max_false_alarm)
+    halves = record["split_half"]
+    print(f"wrote {args.out}: {record['n_images']} images from {record['n_participants']} "
+          f"participants ({len(record['flagged'])} flagged, left out); split-half Spearman "
+          f"{halves['rho']:.3f} (Spearman-Brown {halves['rho_corrected']:.3f})")
     if args.annotate:
         out = args.annotated_out or str(Path(args.out).parent / "annotated")
         annotate_scores(args.annotate, args.out, out)
@@ -342,7 +321,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from scipy import stats
 
     from neuromem.game import compare, db
-    from neuromem.game.export import write_scores
+    from neuromem.game.export import export_human, read_scores
     from neuromem.game.simulate import Behaviour
     from neuromem.game.study import make_study
 
@@ -373,8 +352,9 @@ def run_demo(args: argparse.Namespace) -> int:
     records = _simulate_locally(study, f"sqlite:///{out / 'demo.db'}", truth, args.participants,
                                 Behaviour(), min(args.participants, 20), args.seed)
     engine = db.connect(f"sqlite:///{out / 'demo.db'}")
-    scores, record = human_scores(study, engine, seed=args.seed)
-    write_scores(scores, str(out / "human.parquet"), record)
+    record = export_human(db.responses_frame(engine, study), str(out / "human.parquet"),
+                          study=study.name, seed=args.seed)
+    scores, _ = read_scores(str(out / "human.parquet"))
     estimated = scores.set_index("image_id")["memorability_human"]
     rho = stats.spearmanr([truth[i] for i in estimated.index], estimated.to_numpy()).statistic
     trials = compare.hit_trials(db.responses_frame(engine, study))
@@ -387,7 +367,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"responses stored in {out / 'demo.db'}\n"
           f"human memorability of {len(scores)} images: Spearman {rho:.2f} with the simulated "
           f"truth; split-half {record['split_half']['rho']:.2f} (Spearman-Brown "
-          f"{record['split_half']['rho_spearman_brown']:.2f})\n"
+          f"{record['split_half']['rho_corrected']:.2f})\n"
           f"lora vs base: mean hit-rate difference {summary['mean_difference']:+.3f} (simulated "
           f"+0.10), permutation p {summary['permutation']['p_value']:.3g}\n"
           f"wrote {out / 'human.parquet'}, {out / 'comparison' / 'report.html'}")

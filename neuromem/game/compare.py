@@ -453,7 +453,7 @@ def simulated_power(effect: float, n_participants: int, n_pairs: int, *,
 
 
 def plot_pairs(pairs: pd.DataFrame, sources: Mapping[str, str], path: str | Path, *,
-               max_pairs: int = 12) -> Path:
+               labels: tuple[str, str] = ("base", "engineered"), max_pairs: int = 12) -> Path:
     """Figure of the image pairs: base and engineered twin side by side with their hit rates.
 
     Parameters
@@ -465,6 +465,8 @@ def plot_pairs(pairs: pd.DataFrame, sources: Mapping[str, str], path: str | Path
         ``image_id`` → image file (local path or URI); an image without one is drawn as its id.
     path : str or Path
         PNG to write (local).
+    labels : tuple of str
+        Names of the base and the engineered condition in the titles.
     max_pairs : int
         Rows of the figure.
 
@@ -484,7 +486,7 @@ def plot_pairs(pairs: pd.DataFrame, sources: Mapping[str, str], path: str | Path
     shown = shown.head(max_pairs)
     fig, axes = plt.subplots(len(shown), 2, figsize=(5.0, 2.5 * len(shown)), squeeze=False)
     for row, record in enumerate(shown.itertuples(index=False)):
-        for col, side in enumerate(("base", "engineered")):
+        for col, (side, label) in enumerate(zip(("base", "engineered"), labels, strict=True)):
             ax = axes[row, col]
             ax.set_xticks([])
             ax.set_yticks([])
@@ -496,7 +498,7 @@ def plot_pairs(pairs: pd.DataFrame, sources: Mapping[str, str], path: str | Path
                 ax.text(0.5, 0.5, image_id, ha="center", va="center", fontsize=8,
                         transform=ax.transAxes)
             rate, n = getattr(record, f"hit_rate_{side}"), getattr(record, f"n_{side}")
-            ax.set_title(f"{side}: hit {rate:.2f} (n={n})", fontsize=8)
+            ax.set_title(f"{label}: hit {rate:.2f} (n={n})", fontsize=8)
         axes[row, 0].set_ylabel(f"{record.pair}\nΔ {record.difference:+.2f}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -539,7 +541,8 @@ def write_comparison_report(result: Comparison, out: str, *,
                      f"{m.ci_high:+.3f}), odds ratio {m.odds_ratio:.2f}; random-intercept "
                      "SDs " + ", ".join(f"{k} {v:.2f}" for k, v in m.random_sd.items()) + ".")
     with staged_output(out) as folder:
-        plot_pairs(result.pairs, sources or {}, folder / "pairs.png")
+        plot_pairs(result.pairs, sources or {}, folder / "pairs.png",
+                   labels=(result.base, result.engineered))
         blocks = [Block("h1", f"{result.engineered} vs {result.base}: human memorability"),
                   *(Block("p", line) for line in lines),
                   Block("img", "pairs.png", "image pairs, largest differences first"),

@@ -113,7 +113,9 @@ def fit_lag_decay(image_ids: np.ndarray, hits: np.ndarray, lags: np.ndarray,
     closed-form updates; this function returns their fixed point directly (the weighted
     within-image least-squares slope, then ``m_T(i) = mean_j x_ij - alpha * mean_j log(t_ij/T)``).
     When the lags do not vary within any image, ``alpha`` is not identified and is 0 (the
-    memorability is the plain hit rate).
+    memorability is the plain hit rate). With a narrow lag range (LaMem's protocol: 91-109)
+    ``alpha`` is noisy but the correction ``alpha * mean log(t/T)`` stays small, because
+    ``|log(t/T)|`` does (< 0.1 there); the correction matters when a study varies the lag widely.
 
     Parameters
     ----------
