@@ -38,12 +38,12 @@ ADMIN = "admin-token-" + "x" * 24
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A study of 20 measured images (base/lora pairs) and 12 fillers, with their true
+    """A study of 20 measured images (10 base/lora pairs) and 16 fillers, with their true
     memorability (spread over 0.1-0.95)."""
     folder = tmp_path_factory.mktemp("game")
     rng = np.random.default_rng(0)
     images = []
-    for k in range(N_MEASURED + 12):
+    for k in range(N_MEASURED + 16):
         path = folder / "images" / f"im{k:02d}.png"
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
@@ -149,6 +149,8 @@ def test_fifty_participants_at_once_every_response_stored_once(backend, study, t
     assert times.max() - times.min() <= 1
     assert times.sum() == N_PARTICIPANTS * SEQUENCE["targets"]
     assert not firsts.duplicated(["participant", "image_id"]).any()
+    twins = frame.dropna(subset=["pair"]).drop_duplicates(["participant", "image_id"])
+    assert not twins.duplicated(["participant", "pair"]).any()  # never both images of a pair
     repeats = frame[frame["repeat"]]
     low, high = SEQUENCE["target_lag"]
     assert repeats.loc[repeats["kind"] == "target", "lag"].between(low, high).all()
@@ -167,11 +169,12 @@ def test_fifty_participants_at_once_every_response_stored_once(backend, study, t
     engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def served(study, tmp_path_factory):
-    """One SQLite-backed server for the hostile requests: (base URL, engine, study)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request, study, tmp_path_factory):
+    """A server for the hostile requests, on each database: (base URL, engine, study)."""
     study, _ = study
-    engine = db.connect(f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'game.db'}")
+    engine = db.connect(f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'game.db'}"
+                        if request.param == "sqlite" else request.getfixturevalue("postgres")())
     with background(create_app(study, engine, ADMIN, seed=0)) as base:
         yield base, engine, study
     engine.dispose()
@@ -194,7 +197,8 @@ def test_bad_tokens_replays_and_skips_are_refused_and_nothing_stored(served):
     with httpx.Client(base_url=base) as client:
         token = _session(client, "replayer")
         before = _stored(engine)
-        for bad in ("", "x" * 65, "not-a-token", token[:-1] + ("A" if token[-1] != "A" else "B")):
+        for bad in ("", "x" * 65, "not-a-token", token[:-1] + ("A" if token[-1] != "A" else "B"),
+                    token + "\x00", "\x00", "' OR 1=1 --", 12345, ["list"]):
             assert _answer(client, bad, 0).status_code in (401, 422)
             assert client.get("/api/next", params={"token": bad}).status_code in (401, 422)
         assert client.get("/api/next").status_code == 401
@@ -234,7 +238,10 @@ def test_malformed_and_oversized_requests_are_refused(served):
         nan = b'{"token": "%s", "position": 0, "responded": true, "rt_ms": NaN}' % token.encode()
         assert client.post("/api/response", content=nan).status_code == 422
         for payload in ({}, {"participant": ""}, {"participant": 7}, {"participant": "p" * 201},
-                        {"participant": "ok", "platform": "elsewhere"}):
+                        {"participant": "ok", "platform": "elsewhere"},
+                        {"participant": "nul\x00byte"}, {"participant": "line\nbreak"},
+                        {"participant": "ok", "study_key": "\x00"},
+                        {"participant": "ok", "session_key": "\x1b[31m"}):
             assert client.post("/api/session", json=payload).status_code == 422, payload
 
         big = {"participant": "big", "padding": "x" * (MAX_BODY + 1)}
