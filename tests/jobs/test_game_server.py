@@ -10,8 +10,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,12 +24,15 @@ import sqlalchemy as sa
 from PIL import Image
 from scipy import stats
 
+from neuromem.cli import main
 from neuromem.game import db, scoring
 from neuromem.game.app import MAX_BODY, create_app
+from neuromem.game.export import read_scores
 from neuromem.game.server import background
 from neuromem.game.simulate import Behaviour, play_participant, simulate
 from neuromem.game.study import make_study
 
+REPO = Path(__file__).resolve().parents[2]
 N_PARTICIPANTS = 50
 N_MEASURED = 20
 #: Short lags so a session is 40 trials: 10 targets (repeat after 8-12), 4 vigilance pairs.
@@ -113,6 +118,7 @@ def _stored(engine) -> dict[str, int]:
 def test_fifty_participants_at_once_every_response_stored_once(backend, study, tmp_path,
                                                                request):
     study, truth = study
+    study_file = study.images[0].path.parent.parent / "study.yaml"
     url = (f"sqlite:///{tmp_path / 'game.db'}" if backend == "sqlite"
            else request.getfixturevalue("postgres")())
     engine = db.connect(url)
@@ -157,15 +163,21 @@ def test_fifty_participants_at_once_every_response_stored_once(backend, study, t
     low, high = SEQUENCE["vigilance_lag"]
     assert repeats.loc[repeats["kind"] == "vigilance", "lag"].between(low, high).all()
 
-    # the scores recover the simulated memorability; split-half as expected from binomial noise
-    scores = scoring.image_scores(frame, reference_lag=10.0)
+    # `neuromem game export`: the scores recover the simulated memorability, and the split-half
+    # consistency is what binomial noise around the truth gives
+    out = tmp_path / "human.parquet"
+    assert main(["game", "export", str(study_file), "--db", url, "--out", str(out),
+                 "--splits", "200"]) == 0
+    scores, record = read_scores(str(out))
+    assert sorted(scores["image_id"]) == sorted(study.target_ids)
+    assert (scores["n_participants"] == times.reindex(scores["image_id"]).to_numpy()).all()
     true = scores["image_id"].map(truth).to_numpy()
     assert stats.spearmanr(scores["memorability_human"], true).statistic >= 0.8
     assert stats.spearmanr(scores["hit_rate"], true).statistic >= 0.8
-    consistency = scoring.split_half(frame, n_splits=200, seed=0)
+    assert record["n_participants"] == N_PARTICIPANTS and record["flagged"] == []
     per_half = N_PARTICIPANTS * SEQUENCE["targets"] / N_MEASURED / 2
     expected = scoring.expected_split_half(true, per_half)
-    assert consistency.rho == pytest.approx(expected, abs=0.1)
+    assert record["split_half"]["rho"] == pytest.approx(expected, abs=0.1)
     engine.dispose()
 
 
@@ -317,3 +329,42 @@ def test_sloppy_participants_are_flagged(served, study):
     flagged = httpx.get(f"{base}/admin", headers={"Authorization": f"Bearer {ADMIN}"}
                         ).json()["flagged"]
     assert {"trigger-happy", "asleep"} <= set(flagged) and "careful" not in flagged
+
+
+def test_serve_command_keeps_tokens_out_of_its_output(study, tmp_path):
+    """``neuromem game serve`` in its own process: the admin token file is created private and
+    works; neither it nor a participant's session token appears in what the server prints."""
+    study, truth = study
+    study_file = study.images[0].path.parent.parent / "study.yaml"
+    port, token_file = _free_port(), tmp_path / "secret" / "admin_token"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "neuromem.cli", "game", "serve", str(study_file),
+         "--db", f"sqlite:///{tmp_path / 'serve.db'}", "--port", str(port),
+         "--admin-token-file", str(token_file)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:  # until the server answers (or exits)
+            try:
+                httpx.get(f"{base}/static/game.css").raise_for_status()
+                break
+            except httpx.TransportError:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    server.wait(timeout=0.2)
+        admin = token_file.read_text().strip()
+        assert token_file.stat().st_mode & 0o777 == 0o600 and len(admin) >= 32
+        with httpx.Client(base_url=base) as client:
+            token = _session(client, "PID-serve")
+            assert _answer(client, token, 0).status_code == 200
+            assert client.get(f"/api/next?token={token}").json()["position"] == 1
+            assert client.get("/admin", headers={"Authorization": f"Bearer {admin}"}
+                              ).json()["responses"] == 1
+            assert client.get("/admin", headers={"Authorization": "Bearer wrong"}
+                              ).status_code == 401
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    assert str(token_file) in out  # where the token is, never the token
+    for secret in (admin, token):
+        assert secret not in out + err
