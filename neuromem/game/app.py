@@ -28,6 +28,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
@@ -127,7 +128,7 @@ class GameApp:
             db.trials.c.participant_id == session.id,
             db.trials.c.position == session.next_position)).scalar_one()
         return {"done": False, "position": session.next_position,
-                "image": f"/images/{image_id}", "total": session.n_trials}
+                "image": f"/images/{quote(image_id, safe='/')}", "total": session.n_trials}
 
     # -- routes -------------------------------------------------------------------------------
 

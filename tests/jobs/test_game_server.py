@@ -368,3 +368,45 @@ def test_serve_command_keeps_tokens_out_of_its_output(study, tmp_path):
     assert str(token_file) in out  # where the token is, never the token
     for secret in (admin, token):
         assert secret not in out + err
+
+
+def test_image_ids_that_are_not_url_safe_are_served(tmp_path):
+    """Ids made from file names (spaces, '#', '?', '%', non-ASCII) reach the right image through
+    the URL the API gives, on every trial of a whole session."""
+    ids = ["base/IMG 001", "lora/IMG #2", "what?.x=1", "100% real", "café/été", "a&b=c"]
+    images, content = [], {}
+    for k, image_id in enumerate(ids):
+        path = tmp_path / f"{k}.png"
+        Image.new("RGB", (4, 4), (40 * k, 0, 0)).save(path)
+        content[image_id] = path.read_bytes()
+        images.append({"image_id": image_id, "path": path,
+                       "condition": "base" if k < 2 else None})
+    study = make_study(tmp_path / "study.yaml", name="odd", images=images,
+                       sequence={"length": 6, "targets": 1, "target_lag": [2, 3],
+                                 "vigilance": 1, "vigilance_lag": [1, 1]})
+    engine = db.connect(f"sqlite:///{tmp_path / 'game.db'}")
+    with background(create_app(study, engine, ADMIN)) as base, \
+            httpx.Client(base_url=base) as client:
+        for participant in ("p1", "p2"):
+            token = _session(client, participant)
+            trial = client.get("/api/next", params={"token": token}).json()
+            shown = []
+            while not trial["done"]:
+                image = client.get(trial["image"])
+                assert image.status_code == 200, trial["image"]
+                shown.append(next(i for i, data in content.items() if data == image.content))
+                trial = _answer(client, token, trial["position"]).json()
+            frame = db.responses_frame(engine, study)
+            assert shown == frame.loc[frame["participant"] == participant, "image_id"].tolist()
+        # simulated participants find the ids behind the URLs: the measured images (true
+        # memorability 1) are recognised at every target repeat, nothing else draws a response
+        played = simulate(base, {"base/IMG 001": 1.0, "lora/IMG #2": 1.0}, 8, seed=3,
+                          behaviour=Behaviour(noise=0, vigilance_hit=0, false_alarm=0,
+                                              short_lag=1))
+        assert [r["trials"] for r in played] == [6] * 8
+    frame = db.responses_frame(engine, study)
+    frame = frame[frame["participant"].str.startswith("sim")]
+    target_repeat = (frame["kind"] == "target") & frame["repeat"]
+    assert frame.loc[target_repeat, "response"].all() and target_repeat.sum() == 8
+    assert not frame.loc[~target_repeat, "response"].any()
+    engine.dispose()
