@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout of --root")
     parser.add_argument("--root", required=True, help="dataset folder (local path or URI)")
     options.add_encoder(parser, help_text="brain encoder scoring the images")
+    options.add_protocol(parser)
     options.add_out(parser, what="output score table")
     parser.add_argument("--retry-errors", action="store_true",
                         help="score again the inputs listed in OUT/_errors")

@@ -47,6 +47,9 @@ class ScoreConfig(PoolJobConfig):
         Dataset root folder (local path or URI).
     encoder : str
         Encoder spec (``tribev2``, ``clip-probe:/probe.safetensors``, ``clip-probe:tiny`` ...).
+    protocol : str or None
+        Still-image protocol of an encoder that reads videos (``paper``, ``static``, ``fast``
+        for ``tribev2``); None: the encoder's default. Encoders without protocols refuse one.
     out : str
         Output score table: local folder or pyarrow filesystem URI.
     rois : str
@@ -77,6 +80,7 @@ class ScoreConfig(PoolJobConfig):
     root: str
     encoder: str
     out: str
+    protocol: str | None = None
     rois: str = "default"
     keep_vertices: bool = False
     overwrite: bool = False
@@ -189,12 +193,17 @@ class ScoreSummary:
         return dataclasses.asdict(self)
 
 
-def table_settings(config: ScoreConfig, roi_set) -> dict[str, Any]:
-    """The settings that shape the table: a rerun into the same folder must repeat them."""
+def table_settings(config: ScoreConfig, roi_set, protocol: str | None) -> dict[str, Any]:
+    """The settings that shape the table: a rerun into the same folder must repeat them.
+
+    ``protocol`` is the still-image protocol the encoder uses (the default resolved), so a rerun
+    with another protocol refuses.
+    """
     return {
         "dataset": config.dataset,
         "split": config.split,
         "encoder": config.encoder,
+        "protocol": protocol,
         "rois": roi_set.to_dict()["indices_sha256"],
         "rois_name": roi_set.name,
         "keep_vertices": config.keep_vertices,
@@ -202,7 +211,8 @@ def table_settings(config: ScoreConfig, roi_set) -> dict[str, Any]:
     }
 
 
-def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int | None):
+def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int | None,
+                 protocol: str | None = None):
     """The :class:`~neuromem.scoring.batch.BatchScorer` an actor runs (a model recipe)."""
     from neuromem.cortex.reduce import RoiReducer
     from neuromem.cortex.rois import load_roi_set
@@ -210,7 +220,7 @@ def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int 
     from neuromem.runtime.device import resolve_device
     from neuromem.scoring.batch import BatchScorer
 
-    model = load_encoder(encoder, resolve_device("auto"))
+    model = load_encoder(encoder, resolve_device("auto"), protocol=protocol)
     return BatchScorer(model, RoiReducer(load_roi_set(rois)), keep_vertices=keep_vertices,
                        clip_frames=clip_frames)
 
@@ -241,14 +251,17 @@ def prepare(config: ScoreConfig) -> tuple[pd.DataFrame, PartWriter, dict[str, An
     writer : PartWriter
         The output folder, ready (resumable, or emptied by ``--overwrite``).
     settings : dict
-        The table settings (:func:`table_settings`).
+        The table settings (:func:`table_settings`), ``protocol`` the one the encoder will use.
     """
     from neuromem.cortex.rois import load_roi_set
     from neuromem.encoders.registry import check_spec
 
     config.check()
+    protocol = None
     if config.dataset != "bold5000":
-        check_spec(config.encoder)
+        protocol = check_spec(config.encoder, config.protocol)
+    elif config.protocol is not None:
+        raise InputError("bold5000 holds measured responses: no encoder, so no --protocol")
     roi_set = load_roi_set(config.rois)
     if config.dataset == "bold5000":
         from neuromem.data import bold5000
@@ -262,7 +275,7 @@ def prepare(config: ScoreConfig) -> tuple[pd.DataFrame, PartWriter, dict[str, An
     rows.attrs["skipped_files"] = skipped_files
     check_writable(config.out)
     writer = PartWriter(config.out)
-    settings = table_settings(config, roi_set)
+    settings = table_settings(config, roi_set, protocol)
     if config.dataset == "bold5000":
         settings.update(encoder="measured", rois=None, rois_name=None)
     prepare_output(writer, settings, overwrite=config.overwrite)
@@ -293,7 +306,7 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
     rows, writer, settings = prepare(config)
     listed_s = time.perf_counter() - start
     base = {"command": command_line(argv), "created": utc_now(), "dataset": config.dataset,
-            "split": config.split, SETTINGS_KEY: settings}
+            "split": config.split, "protocol": settings["protocol"], SETTINGS_KEY: settings}
     if config.dataset == "bold5000":
         summary = _write_measured(rows, writer, base)
     else:
@@ -301,7 +314,8 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
             rows,
             ModelRecipe(build_scorer, {"encoder": config.encoder, "rois": config.rois,
                                        "keep_vertices": config.keep_vertices,
-                                       "clip_frames": config.clip_frames}),
+                                       "clip_frames": config.clip_frames,
+                                       "protocol": settings["protocol"]}),
             pool=config.pool,
             parts=PartsOutput(config.out, metadata=_Stamp(base),
                               rows_per_part=config.rows_per_part,
@@ -327,7 +341,7 @@ def _decode_size(config: ScoreConfig) -> tuple[int, int]:
     """The encoder's decode size and frames, for decoding before the actors exist."""
     from neuromem.encoders import load_encoder
 
-    probe = load_encoder(config.encoder, "cpu")
+    probe = load_encoder(config.encoder, "cpu", protocol=config.protocol)
     return int(probe.input_size), int(config.clip_frames or probe.clip_frames)
 
 
