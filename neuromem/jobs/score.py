@@ -56,6 +56,9 @@ class ScoreConfig(PoolJobConfig):
         ROI set: ``"default"`` or a YAML file.
     keep_vertices : bool
         Also store the 20,484 float16 vertex responses per row.
+    keep_timecourse : bool
+        Also store each video's ROI time course (``timecourse`` column,
+        :mod:`neuromem.scoring.timecourse`); encoders that read videos only.
     overwrite : bool
         Replace an existing table in ``out`` instead of resuming it.
     retry_errors : bool
@@ -83,6 +86,7 @@ class ScoreConfig(PoolJobConfig):
     protocol: str | None = None
     rois: str = "default"
     keep_vertices: bool = False
+    keep_timecourse: bool = False
     overwrite: bool = False
     retry_errors: bool = False
     split: str | None = None
@@ -207,12 +211,13 @@ def table_settings(config: ScoreConfig, roi_set, protocol: str | None) -> dict[s
         "rois": roi_set.to_dict()["indices_sha256"],
         "rois_name": roi_set.name,
         "keep_vertices": config.keep_vertices,
+        "keep_timecourse": config.keep_timecourse,
         "clip_frames": config.clip_frames,
     }
 
 
 def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int | None,
-                 protocol: str | None = None):
+                 protocol: str | None = None, keep_timecourse: bool = False):
     """The :class:`~neuromem.scoring.batch.BatchScorer` an actor runs (a model recipe)."""
     from neuromem.cortex.reduce import RoiReducer
     from neuromem.cortex.rois import load_roi_set
@@ -222,7 +227,7 @@ def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int 
 
     model = load_encoder(encoder, resolve_device("auto"), protocol=protocol)
     return BatchScorer(model, RoiReducer(load_roi_set(rois)), keep_vertices=keep_vertices,
-                       clip_frames=clip_frames)
+                       clip_frames=clip_frames, keep_timecourse=keep_timecourse)
 
 
 class _Stamp:
@@ -238,6 +243,9 @@ class _Stamp:
         metadata = build_metadata(encoder=scorer.encoder.metadata(), atlas=roi_set.atlas,
                                   rois=roi_set.to_dict(), **self.base)
         metadata["created"] = self.base["created"]  # the driver's start, same in every part
+        if scorer.keep_timecourse:
+            step_s = 1.0 / float(scorer.encoder.config()["output_frequency"])
+            metadata["timecourse"] = {"column": "timecourse", "step_seconds": step_s}
         return lambda table: write_metadata(table, metadata)
 
 
@@ -260,6 +268,7 @@ def prepare(config: ScoreConfig) -> tuple[pd.DataFrame, PartWriter, dict[str, An
     protocol = None
     if config.dataset != "bold5000":
         protocol = check_spec(config.encoder, config.protocol)
+        _check_inputs(config)
     elif config.protocol is not None:
         raise InputError("bold5000 holds measured responses: no encoder, so no --protocol")
     roi_set = load_roi_set(config.rois)
@@ -315,7 +324,8 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
             ModelRecipe(build_scorer, {"encoder": config.encoder, "rois": config.rois,
                                        "keep_vertices": config.keep_vertices,
                                        "clip_frames": config.clip_frames,
-                                       "protocol": settings["protocol"]}),
+                                       "protocol": settings["protocol"],
+                                       "keep_timecourse": config.keep_timecourse}),
             pool=config.pool,
             parts=PartsOutput(config.out, metadata=_Stamp(base),
                               rows_per_part=config.rows_per_part,
@@ -335,6 +345,23 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
     summary.wall_s = time.perf_counter() - start
     summary.images_per_s = (summary.rows + summary.errors) / summary.wall_s
     return summary
+
+
+def _check_inputs(config: ScoreConfig) -> None:
+    """Options that depend on how the encoder reads its inputs (no weights loaded)."""
+    from neuromem.encoders.registry import reads_videos
+
+    if not reads_videos(config.encoder):
+        if config.keep_timecourse:
+            raise InputError(f"encoder {config.encoder!r} predicts no time course; "
+                             "--keep-timecourse needs an encoder that reads videos (tribev2)")
+        return
+    if config.decode == "tasks":
+        raise InputError(f"encoder {config.encoder!r} decodes its own inputs (stills at their "
+                         "size, videos with upstream's frame times): leave --decode at actor")
+    if config.clip_frames is not None:
+        raise InputError(f"encoder {config.encoder!r} reads every frame its windows need; "
+                         "leave --clip-frames out")
 
 
 def _decode_size(config: ScoreConfig) -> tuple[int, int]:
