@@ -33,19 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout of --root")
     parser.add_argument("--root", required=True, help="dataset folder (local path or URI)")
     options.add_encoder(parser, help_text="brain encoder scoring the images")
+    options.add_protocol(parser)
     options.add_out(parser, what="output score table")
     parser.add_argument("--retry-errors", action="store_true",
                         help="score again the inputs listed in OUT/_errors")
     options.add_rois(parser)
     parser.add_argument("--keep-vertices", action="store_true",
                         help="also store the 20,484 float16 vertex responses of every row")
+    parser.add_argument("--keep-timecourse", action="store_true",
+                        help="also store each video's ROI responses at every fMRI step "
+                             "(column timecourse; encoders that read videos, tribev2)")
     parser.add_argument("--split", default=None, help="LaMem split, e.g. test_1 (default: all)")
     parser.add_argument("--scores", default=None,
                         help="--dataset folder: CSV of image_id, memorability, category")
     parser.add_argument("--limit", type=int, default=None,
                         help="score only the first N rows of the dataset listing")
     parser.add_argument("--clip-frames", type=int, default=None,
-                        help="frames per video clip (default: the encoder's)")
+                        help="frames per video clip (default: the encoder's; tribev2 reads "
+                             "the frames of its windows and takes none)")
     options.add_cluster(parser)
     parser.add_argument("--rows-per-part", type=int, default=1024,
                         help="rows per Parquet part, whole --batch-size batches; a killed run "

@@ -1,8 +1,8 @@
 """Options shared by commands: one name, one meaning and one help text per concept.
 
 Every command adds its shared options through these functions, so ``--encoder``, ``--rois``,
-``--out``, ``--overwrite``, ``--address``, ``--actors``, ``--seed``, ``--device`` and
-``--no-progress`` mean the same everywhere. Defaults are shown in ``--help`` by the CLI's help
+``--out``, ``--overwrite``, ``--address``, ``--actors``, ``--seed``, ``--device``,
+``--protocol`` and ``--no-progress`` mean the same everywhere. Defaults are shown in ``--help`` by the CLI's help
 formatter (:class:`neuromem.cli.HelpFormatter`).
 """
 
@@ -20,6 +20,21 @@ def add_encoder(parser: argparse.ArgumentParser, *, required: bool = True,
         "--encoder", required=required and default is None, default=default, metavar="SPEC",
         help=f"{help_text}: tribev2, tribev2:/folder, clip-probe:/probe.safetensors, "
              "or the untrained test models tribev2:tiny, clip-probe:tiny")
+
+
+def add_protocol(parser: argparse.ArgumentParser) -> None:
+    """``--protocol NAME``: how an encoder that reads videos sees a still image.
+
+    The default (None) is the encoder's own (``paper`` for ``tribev2``; none for encoders that
+    see an image as one image). Check the choice against the encoder with
+    :func:`neuromem.encoders.registry.check_spec` before any weights load.
+    """
+    parser.add_argument(
+        "--protocol", default=None, metavar="NAME",
+        help="still-image protocol of encoders that read videos (tribev2): paper (the TRIBE v2 "
+             "paper's presentation: 1 s on grey), static (the image held 3 s) or fast (a 2-frame "
+             "approximation); default: the encoder's own, paper for tribev2; encoders that see "
+             "an image as one image (clip-probe) take none")
 
 
 NETWORK_HELP = ("LIBRARY:NAME[@WEIGHTS]: timm:resnet50, torchvision:densenet121@IMAGENET1K_V1, "

@@ -41,13 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="encoder spec: tribev2, tribev2:/folder, clip-probe:/probe.safetensors, "
         "clip-probe:tiny, ... (default: %(default)s)",
     )
-    parser.add_argument(
-        "--protocol",
-        default=None,
-        metavar="NAME",
-        help="still-image protocol of encoders that read videos: paper, static or fast for "
-        "tribev2 (default: the encoder's own, paper for tribev2; none for clip-probe)",
-    )
+    options.add_protocol(parser)
     options.add_rois(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument(

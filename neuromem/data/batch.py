@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -52,11 +53,11 @@ class DecodedBatch:
     ----------
     rows : pyarrow.Table
         Reader columns (without ``media``/``payload``) of the ``B`` decoded rows.
-    pixels : numpy.ndarray, torch.Tensor or list of numpy.ndarray
+    pixels : numpy.ndarray, torch.Tensor or list
         uint8 pixels: images ``(B, H, W, 3)`` or clips ``(B, T, H, W, 3)`` (numpy, CPU decode),
         or float images ``(B, 3, H, W)`` in ``[0, 1]`` already on the encoder's device (GPU
         decode), or ``B`` uint8 ``(H_i, W_i, 3)`` arrays of their own sizes (decoded with
-        ``size=None``).
+        ``size=None``), or ``B`` inputs decoded by a model's own decode hook (:class:`RowModel`).
     is_clip : bool
         True when the rows are videos scored as clips.
     errors : pyarrow.Table
@@ -100,6 +101,7 @@ def decode_rows(
     size: int | None,
     clip_frames: int,
     executor: Executor | None = None,
+    read_video: Callable[[bytes], Any] | None = None,
 ) -> DecodedBatch:
     """Decode every row's ``payload`` to uint8 pixels on the CPU.
 
@@ -114,12 +116,16 @@ def decode_rows(
         Frames sampled per video; 0: videos are failed rows (a model of still images).
     executor : concurrent.futures.Executor or None
         Decodes rows in parallel when given (PIL and PyAV release the GIL while decoding).
+    read_video : callable or None
+        Reads a video payload in a model's own way (a decode hook, :class:`RowModel`); its
+        exceptions make failed rows. None: videos are sampled to ``clip_frames`` squares.
 
     Returns
     -------
     DecodedBatch
         ``pixels`` is ``(B, size, size, 3)`` for images, ``(B, clip_frames, size, size, 3)``
-        for videos, ``B`` the number of rows that decoded.
+        for videos, ``B`` the number of rows that decoded; a list with ``size=None`` or
+        ``read_video``.
     """
     start = time.perf_counter()
     media = rows.column(MEDIA).to_pylist()
@@ -131,6 +137,8 @@ def decode_rows(
             if payloads[i] is None or len(payloads[i]) == 0:
                 unreadable = media[i].startswith(MEDIA_UNREADABLE)
                 raise ValueError(media[i] if unreadable else "empty payload: the file is empty")
+            if is_clip and read_video is not None:
+                return read_video(payloads[i])
             if is_clip and clip_frames < 1:
                 raise ValueError("this model takes still images, not videos")
             if is_clip:
@@ -145,7 +153,7 @@ def decode_rows(
     decoded = list(mapper(decode_one, range(rows.num_rows)))
     ok = [i for i, out in enumerate(decoded) if not isinstance(out, str)]
     failed = [i for i, out in enumerate(decoded) if isinstance(out, str)]
-    if size is None:
+    if size is None or (is_clip and read_video is not None):
         pixels = [decoded[i] for i in ok]
     else:
         frame_shape = (clip_frames, size, size, 3) if is_clip else (size, size, 3)
@@ -275,9 +283,13 @@ def decode_for(model: RowModel, rows: pa.Table, executor: Executor | None = None
                *, gpu_decode: bool = True) -> DecodedBatch:
     """Decode ``rows`` as ``model`` wants them: its size and frames, JPEGs on its GPU.
 
-    JPEG still images are decoded with nvJPEG when the model runs on CUDA, ``gpu_decode`` is
-    True and the model takes a fixed size; everything else is decoded on the CPU.
+    A model with a ``decode`` hook (:class:`RowModel`) decodes its rows itself. Otherwise JPEG
+    still images are decoded with nvJPEG when the model runs on CUDA, ``gpu_decode`` is True
+    and the model takes a fixed size; everything else is decoded on the CPU.
     """
+    hook = getattr(model, "decode", None)
+    if hook is not None:
+        return hook(rows, executor)
     media = rows.column(MEDIA).to_pylist()
     on_gpu = gpu_decode and model.device.type == "cuda" and model.input_size is not None
     if on_gpu and rows.num_rows and not _is_clip_batch(media):
@@ -300,6 +312,11 @@ class RowModel(Protocol):
         Where the model runs (JPEGs are decoded there with nvJPEG when it is a GPU).
     schema : pyarrow.Schema
         The columns :meth:`__call__` returns.
+
+    A model may also define ``decode(rows, executor) -> DecodedBatch``, the decode hook: it then
+    decodes its loaded rows itself (:func:`decode_for` calls it; ``pixels`` is whatever list
+    of per-row inputs its :meth:`__call__` takes), e.g. to read videos with its upstream's
+    frame timing. Such a model cannot decode in separate tasks (``decode="tasks"``).
     """
 
     input_size: int | None

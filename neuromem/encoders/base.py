@@ -62,6 +62,11 @@ class BrainEncoder(torch.nn.Module, ABC):
         The protocol :meth:`forward` uses (None when the encoder has none).
     has_surrogate : bool
         Whether :meth:`forward` takes ``surrogate_layer`` (module docstring).
+    native_inputs : bool
+        The encoder reads its inputs as its upstream does, so scoring must not resample them
+        first: uint8 stills at their own size (``forward_stills(images)``) and video files with
+        upstream's frame timing (``read_video(payload)`` then ``video_timecourse(video)``,
+        ``(T, 20484)``). False: inputs are decoded to ``input_size`` squares.
     """
 
     spec: str
@@ -73,6 +78,7 @@ class BrainEncoder(torch.nn.Module, ABC):
     protocols: tuple[str, ...] = ()
     protocol: str | None = None
     has_surrogate: bool = False
+    native_inputs: bool = False
 
     @abstractmethod
     def forward(

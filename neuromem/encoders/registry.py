@@ -77,6 +77,12 @@ def encoder_protocols(spec: str) -> tuple[str, ...]:
     return _PROTOCOLS[_kind(spec)]
 
 
+def reads_videos(spec: str) -> bool:
+    """Whether the encoder named by ``spec`` reads videos (offers still-image protocols): it then
+    decodes its own inputs (``native_inputs``) and predicts time courses."""
+    return bool(encoder_protocols(spec))
+
+
 def resolve_protocol(spec: str, protocol: str | None) -> str | None:
     """The protocol an encoder will use: ``protocol``, or the kind's default when None.
 

@@ -434,6 +434,7 @@ class TribeV2Encoder(BrainEncoder):
 
     kind = "tribev2"
     protocols = PROTOCOLS
+    native_inputs = True
 
     def __init__(
         self,
@@ -534,15 +535,32 @@ class TribeV2Encoder(BrainEncoder):
     def forward(self, images_b3hw: torch.Tensor, trunc_layer: int | None = None) -> torch.Tensor:
         """Responses to stills, each presented by the encoder's protocol, ``(B, 20484)``."""
         check_images(images_b3hw)
+        return self._still_responses(self.preprocessing(images_b3hw)[:, None], trunc_layer)
+
+    def forward_stills(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Responses to uint8 stills of any sizes, as upstream reads a frame, ``(B, 20484)``.
+
+        Each ``(H_i, W_i, 3)`` image goes through the video processor exactly as a uint8
+        video frame does (resize of the uint8 frame from its own size, centre crop,
+        normalise), so no resampling happens before the processor's own; the stills are then
+        presented by the encoder's protocol as in :meth:`forward`. No gradient path.
+        """
+        device = next(self.backbone.parameters()).device
+        frames = [self.preprocessing(torch.tensor(np.asarray(image))
+                                     .permute(2, 0, 1)[None])[0] for image in images]
+        frames_bu3ss = torch.stack(frames).to(device)[:, None]
+        return self._still_responses(frames_bu3ss, None)
+
+    def _still_responses(self, frames_bu3ss: torch.Tensor, trunc_layer: int | None) -> torch.Tensor:
+        """Protocol responses to preprocessed stills ``(B, 1, 3, S, S)``, ``(B, 20484)``."""
         plan = self.still_plan
-        frames_bu3ss = self.preprocessing(images_b3hw)[:, None]
         constant: dict[int, Hashable] = {}
         if plan.uses_grey:
             level = self.still_protocol.grey_level
             grey = torch.full((1, 3, self.input_size, self.input_size), level, dtype=torch.uint8)
             grey_u3ss = self.preprocessing(grey).to(frames_bu3ss.device)
             frames_bu3ss = torch.cat(
-                [frames_bu3ss, grey_u3ss[None].expand(len(images_b3hw), -1, -1, -1, -1)], dim=1)
+                [frames_bu3ss, grey_u3ss[None].expand(len(frames_bu3ss), -1, -1, -1, -1)], dim=1)
             constant[GREY] = ("grey", level)
         features_bngd = self._window_features(frames_bu3ss, plan.rows, trunc_layer, constant)
         responses_btv = self._head_timecourse(features_bngd)

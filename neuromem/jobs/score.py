@@ -47,12 +47,18 @@ class ScoreConfig(PoolJobConfig):
         Dataset root folder (local path or URI).
     encoder : str
         Encoder spec (``tribev2``, ``clip-probe:/probe.safetensors``, ``clip-probe:tiny`` ...).
+    protocol : str or None
+        Still-image protocol of an encoder that reads videos (``paper``, ``static``, ``fast``
+        for ``tribev2``); None: the encoder's default. Encoders without protocols refuse one.
     out : str
         Output score table: local folder or pyarrow filesystem URI.
     rois : str
         ROI set: ``"default"`` or a YAML file.
     keep_vertices : bool
         Also store the 20,484 float16 vertex responses per row.
+    keep_timecourse : bool
+        Also store each video's ROI time course (``timecourse`` column,
+        :mod:`neuromem.scoring.timecourse`); encoders that read videos only.
     overwrite : bool
         Replace an existing table in ``out`` instead of resuming it.
     retry_errors : bool
@@ -77,8 +83,10 @@ class ScoreConfig(PoolJobConfig):
     root: str
     encoder: str
     out: str
+    protocol: str | None = None
     rois: str = "default"
     keep_vertices: bool = False
+    keep_timecourse: bool = False
     overwrite: bool = False
     retry_errors: bool = False
     split: str | None = None
@@ -189,20 +197,27 @@ class ScoreSummary:
         return dataclasses.asdict(self)
 
 
-def table_settings(config: ScoreConfig, roi_set) -> dict[str, Any]:
-    """The settings that shape the table: a rerun into the same folder must repeat them."""
+def table_settings(config: ScoreConfig, roi_set, protocol: str | None) -> dict[str, Any]:
+    """The settings that shape the table: a rerun into the same folder must repeat them.
+
+    ``protocol`` is the still-image protocol the encoder uses (the default resolved), so a rerun
+    with another protocol refuses.
+    """
     return {
         "dataset": config.dataset,
         "split": config.split,
         "encoder": config.encoder,
+        "protocol": protocol,
         "rois": roi_set.to_dict()["indices_sha256"],
         "rois_name": roi_set.name,
         "keep_vertices": config.keep_vertices,
+        "keep_timecourse": config.keep_timecourse,
         "clip_frames": config.clip_frames,
     }
 
 
-def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int | None):
+def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int | None,
+                 protocol: str | None = None, keep_timecourse: bool = False):
     """The :class:`~neuromem.scoring.batch.BatchScorer` an actor runs (a model recipe)."""
     from neuromem.cortex.reduce import RoiReducer
     from neuromem.cortex.rois import load_roi_set
@@ -210,9 +225,9 @@ def build_scorer(encoder: str, rois: str, keep_vertices: bool, clip_frames: int 
     from neuromem.runtime.device import resolve_device
     from neuromem.scoring.batch import BatchScorer
 
-    model = load_encoder(encoder, resolve_device("auto"))
+    model = load_encoder(encoder, resolve_device("auto"), protocol=protocol)
     return BatchScorer(model, RoiReducer(load_roi_set(rois)), keep_vertices=keep_vertices,
-                       clip_frames=clip_frames)
+                       clip_frames=clip_frames, keep_timecourse=keep_timecourse)
 
 
 class _Stamp:
@@ -228,6 +243,9 @@ class _Stamp:
         metadata = build_metadata(encoder=scorer.encoder.metadata(), atlas=roi_set.atlas,
                                   rois=roi_set.to_dict(), **self.base)
         metadata["created"] = self.base["created"]  # the driver's start, same in every part
+        if scorer.keep_timecourse:
+            step_s = 1.0 / float(scorer.encoder.config()["output_frequency"])
+            metadata["timecourse"] = {"column": "timecourse", "step_seconds": step_s}
         return lambda table: write_metadata(table, metadata)
 
 
@@ -241,14 +259,18 @@ def prepare(config: ScoreConfig) -> tuple[pd.DataFrame, PartWriter, dict[str, An
     writer : PartWriter
         The output folder, ready (resumable, or emptied by ``--overwrite``).
     settings : dict
-        The table settings (:func:`table_settings`).
+        The table settings (:func:`table_settings`), ``protocol`` the one the encoder will use.
     """
     from neuromem.cortex.rois import load_roi_set
     from neuromem.encoders.registry import check_spec
 
     config.check()
+    protocol = None
     if config.dataset != "bold5000":
-        check_spec(config.encoder)
+        protocol = check_spec(config.encoder, config.protocol)
+        _check_inputs(config)
+    elif config.protocol is not None:
+        raise InputError("bold5000 holds measured responses: no encoder, so no --protocol")
     roi_set = load_roi_set(config.rois)
     if config.dataset == "bold5000":
         from neuromem.data import bold5000
@@ -262,7 +284,7 @@ def prepare(config: ScoreConfig) -> tuple[pd.DataFrame, PartWriter, dict[str, An
     rows.attrs["skipped_files"] = skipped_files
     check_writable(config.out)
     writer = PartWriter(config.out)
-    settings = table_settings(config, roi_set)
+    settings = table_settings(config, roi_set, protocol)
     if config.dataset == "bold5000":
         settings.update(encoder="measured", rois=None, rois_name=None)
     prepare_output(writer, settings, overwrite=config.overwrite)
@@ -293,7 +315,7 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
     rows, writer, settings = prepare(config)
     listed_s = time.perf_counter() - start
     base = {"command": command_line(argv), "created": utc_now(), "dataset": config.dataset,
-            "split": config.split, SETTINGS_KEY: settings}
+            "split": config.split, "protocol": settings["protocol"], SETTINGS_KEY: settings}
     if config.dataset == "bold5000":
         summary = _write_measured(rows, writer, base)
     else:
@@ -301,7 +323,9 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
             rows,
             ModelRecipe(build_scorer, {"encoder": config.encoder, "rois": config.rois,
                                        "keep_vertices": config.keep_vertices,
-                                       "clip_frames": config.clip_frames}),
+                                       "clip_frames": config.clip_frames,
+                                       "protocol": settings["protocol"],
+                                       "keep_timecourse": config.keep_timecourse}),
             pool=config.pool,
             parts=PartsOutput(config.out, metadata=_Stamp(base),
                               rows_per_part=config.rows_per_part,
@@ -323,11 +347,28 @@ def run_score(config: ScoreConfig, argv: list[str] | None = None) -> ScoreSummar
     return summary
 
 
+def _check_inputs(config: ScoreConfig) -> None:
+    """Options that depend on how the encoder reads its inputs (no weights loaded)."""
+    from neuromem.encoders.registry import reads_videos
+
+    if not reads_videos(config.encoder):
+        if config.keep_timecourse:
+            raise InputError(f"encoder {config.encoder!r} predicts no time course; "
+                             "--keep-timecourse needs an encoder that reads videos (tribev2)")
+        return
+    if config.decode == "tasks":
+        raise InputError(f"encoder {config.encoder!r} decodes its own inputs (stills at their "
+                         "size, videos with upstream's frame times): leave --decode at actor")
+    if config.clip_frames is not None:
+        raise InputError(f"encoder {config.encoder!r} reads every frame its windows need; "
+                         "leave --clip-frames out")
+
+
 def _decode_size(config: ScoreConfig) -> tuple[int, int]:
     """The encoder's decode size and frames, for decoding before the actors exist."""
     from neuromem.encoders import load_encoder
 
-    probe = load_encoder(config.encoder, "cpu")
+    probe = load_encoder(config.encoder, "cpu", protocol=config.protocol)
     return int(probe.input_size), int(config.clip_frames or probe.clip_frames)
 
 

@@ -21,6 +21,19 @@ One row per video:
 The schema metadata key ``b"neuromem.timecourse"`` holds a JSON object with ``format`` (1),
 ``step_seconds`` (duration of one step, s), ``rois`` (the ROI names in column order) and any
 provenance the writer adds (encoder metadata, ROI set ...).
+
+Inside a score table (``neuromem score --keep-timecourse``)
+-----------------------------------------------------------
+The score table keeps each row's time course in one more column, so that resuming, errors and
+parts work as for every other column:
+
+``timecourse`` : list<float32>
+    The ``T × R`` ROI responses of a video, step-major (the ``R`` values of step 0, then step
+    1 ...), ROIs in the order of the table's ``roi_<NAME>`` columns; null for still images.
+    The mean over steps of each ROI is the row's ``roi_<NAME>`` value.
+
+The table metadata's ``timecourse`` entry gives ``step_seconds``.
+:func:`score_table_timecourses` reads the column back as :class:`Timecourses`.
 """
 
 from __future__ import annotations
@@ -41,6 +54,12 @@ TIMECOURSE_METADATA_KEY = b"neuromem.timecourse"
 
 TIMECOURSE_FORMAT = 1
 """Version of the layout described in the module docstring."""
+
+TIMECOURSE_COLUMN = "timecourse"
+"""Column of a score table holding each video's ROI time course (module docstring)."""
+
+TIMECOURSE_TYPE = pa.list_(pa.float32())
+"""Arrow type of :data:`TIMECOURSE_COLUMN`."""
 
 
 @dataclass
@@ -155,3 +174,63 @@ def read_timecourses(table: pa.Table) -> Timecourses:
         metadata=metadata,
     )
 
+
+
+def timecourse_column(responses: list[np.ndarray | None], n_rois: int) -> pa.Array:
+    """The ``timecourse`` column of a score table: one step-major list per row.
+
+    Parameters
+    ----------
+    responses : list of numpy.ndarray or None
+        float32 ``(T_i, R)`` per row; None for a row without a time course (a still).
+    n_rois : int
+        ``R``.
+
+    Raises
+    ------
+    InputError
+        A response is not ``(T, R)`` with ``T >= 1``.
+    """
+    values = []
+    for array in responses:
+        if array is None:
+            values.append(None)
+            continue
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != n_rois or array.shape[0] < 1:
+            raise InputError(f"time course of shape {array.shape}; expected (n_steps >= 1, "
+                             f"{n_rois} ROIs)")
+        values.append(array.ravel())
+    return pa.array(values, TIMECOURSE_TYPE)
+
+
+def score_table_timecourses(table: pa.Table, step_seconds: float) -> Timecourses:
+    """The time courses stored in a score table's ``timecourse`` column (rows with one).
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        A score table read with its ``image_id``, ``roi_<NAME>`` and ``timecourse`` columns.
+    step_seconds : float
+        Duration of one step, s (the table metadata's ``timecourse.step_seconds``).
+
+    Raises
+    ------
+    InputError
+        No ``timecourse`` column, or a list whose length is not a multiple of the ROI count.
+    """
+    if TIMECOURSE_COLUMN not in table.column_names:
+        raise InputError("the score table has no timecourse column (score with "
+                         "--keep-timecourse)")
+    names = [c.removeprefix(ROI_PREFIX) for c in table.column_names if c.startswith(ROI_PREFIX)]
+    ids, responses = [], []
+    for image_id, flat in zip(table.column("image_id").to_pylist(),
+                              table.column(TIMECOURSE_COLUMN).to_pylist(), strict=True):
+        if flat is None:
+            continue
+        if not names or len(flat) % len(names):
+            raise InputError(f"time course of {image_id!r} holds {len(flat)} values, not a "
+                             f"multiple of {len(names)} ROIs")
+        ids.append(str(image_id))
+        responses.append(np.asarray(flat, np.float32).reshape(-1, len(names)))
+    return Timecourses(ids, responses, names, float(step_seconds))
