@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from neuromem.analysis.correlation import N_BOOTSTRAP
+from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
 from neuromem.cli import run_module
 from neuromem.commands import options
 from neuromem.jobs.decompose import DecomposeConfig, run_decompose
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_seed(parser, what="bootstraps and spins")
     parser.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP,
                         help="resamples of the Spearman BCa interval (0: none; else >= 100)")
+    parser.add_argument("--spearman-ci", choices=SPEARMAN_CI_METHODS, default="auto",
+                        help="Spearman interval: analytic (Fisher z, Bonett-Wright SE), bootstrap "
+                             "(BCa), or auto: analytic from 2,000 rows on, BCa below")
     options.add_rois(parser)
     parser.add_argument("--ray", action="store_true",
                         help="run the vertex pass as Ray tasks, one per file")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from neuromem.analysis.correlation import N_BOOTSTRAP
+from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
 from neuromem.analysis.vertexwise import VertexMoments
 from neuromem.errors import InputError, UnknownNameError
 from neuromem.runtime.config import JobConfig
@@ -53,6 +53,9 @@ class DecomposeConfig(JobConfig):
         Seed of bootstraps and spins.
     bootstrap : int
         Resamples of the Spearman BCa interval (0: none).
+    spearman_ci : str
+        ``auto`` (analytic from 2,000 rows, BCa below), ``analytic`` or ``bootstrap``
+        (:func:`neuromem.analysis.correlation.spearman`).
     rois : str
         ROI set giving each ROI's vertices.
     ray : bool
@@ -72,6 +75,7 @@ class DecomposeConfig(JobConfig):
     spins: int = 1000
     seed: int = 0
     bootstrap: int = N_BOOTSTRAP
+    spearman_ci: str = "auto"
     rois: str = "default"
     ray: bool = False
     address: str | None = None
@@ -87,6 +91,7 @@ class DecomposeConfig(JobConfig):
     def check(self) -> None:
         """Raise :class:`InputError` for values no run can use."""
         self.require_at_least(0, "spins")
+        self.require_choice("spearman_ci", SPEARMAN_CI_METHODS)
         if self.bootstrap and self.bootstrap < 100:
             raise InputError(f"--bootstrap must be 0 (no interval) or at least 100 resamples, "
                              f"got {self.bootstrap}")
@@ -218,7 +223,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
             records.append(roi_statistics(frame, table_rois, memorability=config.memorability,
                                           category=category, covariates=config.covariate_list,
                                           seed=config.seed, n_resamples=config.bootstrap,
-                                          on_roi=lambda _roi, bar=bar: bar.update()))
+                                          spearman_ci=config.spearman_ci, on_roi=lambda _roi, bar=bar: bar.update()))
     primary_records = records[0]
     used_ray = config.vertices and (config.ray or _ray_running())
     predictors = predictor_names(list(config.tables), metadata)
