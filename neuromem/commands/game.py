@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     simulate.add_argument("--concurrency", type=int, default=50, help="participants at once")
     simulate.add_argument("--memorability", default=None, metavar="CSV",
                           help="true memorability per image (image_id,memorability); default: "
-                               "drawn from Beta(6, 4) with --seed, written to OUT")
+                               "drawn from Beta(6, 4) with --seed and written to "
+                               "true_memorability.csv beside STUDY")
     simulate.add_argument("--noise", type=float, default=0.5,
                           help="SD of each participant's log-odds bias")
     simulate.add_argument("--false-alarm", type=float, default=0.05,
@@ -267,6 +268,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     truth = _true_memorability(study, args.memorability, args.seed)
+    if args.memorability is None:
+        drawn = _write_truth(Path(args.study).parent / "true_memorability.csv", truth)
+        print(f"wrote {drawn}: the simulated true memorability")
     behaviour = Behaviour(noise=args.noise, vigilance_hit=args.vigilance_hit,
                           false_alarm=args.false_alarm)
     if args.url:
@@ -279,6 +283,15 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"{len(records)} simulated participants played {sum(r['trials'] for r in records)} "
           "trials")
     return 0
+
+
+def _write_truth(path: Path, truth: dict[str, float]) -> Path:
+    """Write simulated true memorability as the CSV ``--memorability`` reads."""
+    import pandas as pd
+
+    pd.DataFrame({"image_id": list(truth), "memorability": list(truth.values())}).to_csv(
+        path, index=False)
+    return path
 
 
 def _true_memorability(study, csv: str | None, seed: int) -> dict[str, float]:
@@ -316,7 +329,6 @@ def run_demo(args: argparse.Namespace) -> int:
     """Generated base/engineered image pairs and fillers, a study, an in-process server on
     127.0.0.1 with SQLite, simulated participants (the engineered twins truly more memorable),
     then the export and the comparison."""
-    import pandas as pd
     from PIL import Image
     from scipy import stats
 
@@ -347,8 +359,7 @@ def run_demo(args: argparse.Namespace) -> int:
     base_m = rng.beta(6, 4, n_pairs)
     truth = {f"base/{k:03d}": float(m) for k, m in enumerate(base_m)}
     truth |= {f"lora/{k:03d}": float(min(0.98, m + 0.1)) for k, m in enumerate(base_m)}
-    pd.DataFrame({"image_id": list(truth), "memorability": list(truth.values())}).to_csv(
-        out / "true_memorability.csv", index=False)
+    _write_truth(out / "true_memorability.csv", truth)
     records = _simulate_locally(study, f"sqlite:///{out / 'demo.db'}", truth, args.participants,
                                 Behaviour(), min(args.participants, 20), args.seed)
     engine = db.connect(f"sqlite:///{out / 'demo.db'}")
