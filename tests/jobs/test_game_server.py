@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -410,3 +411,22 @@ def test_image_ids_that_are_not_url_safe_are_served(tmp_path):
     assert frame.loc[target_repeat, "response"].all() and target_repeat.sum() == 8
     assert not frame.loc[~target_repeat, "response"].any()
     engine.dispose()
+
+
+def test_simultaneous_duplicates_store_one(served):
+    """The same response sent 12 times at once, and 12 sessions for one participant at once:
+    one is accepted, the others refused (409), one row stored."""
+    base, engine, _ = served
+
+    def at_once(send) -> list[int]:
+        with ThreadPoolExecutor(12) as pool, httpx.Client(base_url=base) as client:
+            return sorted(pool.map(lambda _: send(client).status_code, range(12)))
+
+    statuses = at_once(lambda c: c.post("/api/session", json={"participant": "PID-race"}))
+    assert statuses == [201] + [409] * 11
+    with engine.connect() as connection:
+        token = connection.execute(sa.select(db.participants.c.token).where(
+            db.participants.c.participant == "PID-race")).scalar_one()
+    before = _stored(engine)
+    assert at_once(lambda c: _answer(c, token, 0)) == [200] + [409] * 11
+    assert _stored(engine)["responses"] == before["responses"] + 1
