@@ -10,6 +10,7 @@ sign coherence and spin tests. Writes ``results.json`` (:mod:`neuromem.analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -113,6 +114,10 @@ class DecomposeSummary:
     n_rois: int
     strongest: list[tuple[str, float]]
     timing: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def format(self) -> str:
         lines = [f"decomposed {self.n_images} images over {self.n_rois} ROIs; wrote "
@@ -254,7 +259,8 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     ranked = sorted((r for r in primary_records if r["pearson_r"] is not None),
                     key=lambda r: -abs(r["pearson_r"]))
     return DecomposeSummary(config.out, len(frames[0]), len(primary_records),
-                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format())
+                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format(),
+                            timer.to_dict())
 
 
 def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records: list[dict],
