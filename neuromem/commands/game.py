@@ -205,18 +205,27 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(study, responses, out: str, *, n_splits: int = 100, seed: int = 0) -> dict:
+    """:func:`neuromem.game.export.export_human` with the study's flag thresholds, and its lags
+    corrected to the middle of its ``target_lag``."""
+    from neuromem.game.export import export_human
+
+    return export_human(responses, out, study=study.name, n_splits=n_splits, seed=seed,
+                        reference_lag=sum(study.sequence.target_lag) / 2,
+                        max_vigilance_miss=study.flags.max_vigilance_miss,
+                        max_false_alarm=study.flags.max_false_alarm)
+
+
 def run_export(args: argparse.Namespace) -> int:
     from neuromem.game import db
-    from neuromem.game.export import annotate_scores, export_human
+    from neuromem.game.export import annotate_scores
     from neuromem.game.study import load_study
 
     study = load_study(args.study)
     responses = db.responses_frame(db.connect(args.db), study)
     if responses.empty:
         raise InputError(f"study {study.name} has no responses in this database yet")
-    record = export_human(responses, args.out, study=study.name, n_splits=args.splits,
-                          seed=args.seed, max_vigilance_miss=study.flags.max_vigilance_miss,
-                          max_false_alarm=study.flags.max_false_alarm)
+    record = _export(study, responses, args.out, n_splits=args.splits, seed=args.seed)
     halves = record["split_half"]
     print(f"wrote {args.out}: {record['n_images']} images from {record['n_participants']} "
           f"participants ({len(record['flagged'])} flagged, left out); split-half Spearman "
@@ -333,7 +342,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from scipy import stats
 
     from neuromem.game import compare, db
-    from neuromem.game.export import export_human, read_scores
+    from neuromem.game.export import read_scores
     from neuromem.game.simulate import Behaviour
     from neuromem.game.study import make_study
 
@@ -363,8 +372,8 @@ def run_demo(args: argparse.Namespace) -> int:
     records = _simulate_locally(study, f"sqlite:///{out / 'demo.db'}", truth, args.participants,
                                 Behaviour(), min(args.participants, 20), args.seed)
     engine = db.connect(f"sqlite:///{out / 'demo.db'}")
-    record = export_human(db.responses_frame(engine, study), str(out / "human.parquet"),
-                          study=study.name, seed=args.seed)
+    record = _export(study, db.responses_frame(engine, study), str(out / "human.parquet"),
+                     seed=args.seed)
     scores, _ = read_scores(str(out / "human.parquet"))
     estimated = scores.set_index("image_id")["memorability_human"]
     rho = stats.spearmanr([truth[i] for i in estimated.index], estimated.to_numpy()).statistic

@@ -176,6 +176,7 @@ def test_fifty_participants_at_once_every_response_stored_once(backend, study, t
     assert stats.spearmanr(scores["memorability_human"], true).statistic >= 0.8
     assert stats.spearmanr(scores["hit_rate"], true).statistic >= 0.8
     assert record["n_participants"] == N_PARTICIPANTS and record["flagged"] == []
+    assert record["reference_lag"] == 10.0  # the middle of target_lag
     per_half = N_PARTICIPANTS * SEQUENCE["targets"] / N_MEASURED / 2
     expected = scoring.expected_split_half(true, per_half)
     assert record["split_half"]["rho"] == pytest.approx(expected, abs=0.1)
