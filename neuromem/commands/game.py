@@ -204,15 +204,22 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def _study_responses(args: argparse.Namespace):
+    """The study and every stored response of it (one line when there is none yet)."""
     from neuromem.game import db
-    from neuromem.game.export import annotate_scores, export_human
     from neuromem.game.study import load_study
 
     study = load_study(args.study)
     responses = db.responses_frame(db.connect(args.db), study)
     if responses.empty:
         raise InputError(f"study {study.name} has no responses in this database yet")
+    return study, responses
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from neuromem.game.export import annotate_scores, export_human
+
+    study, responses = _study_responses(args)
     record = export_human(responses, args.out, study=study.name, n_splits=args.splits,
                           seed=args.seed, max_vigilance_miss=study.flags.max_vigilance_miss,
                           max_false_alarm=study.flags.max_false_alarm)
@@ -228,13 +235,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from neuromem.game import compare, db, scoring
-    from neuromem.game.study import load_study
+    from neuromem.game import compare, scoring
 
-    study = load_study(args.study)
-    responses = db.responses_frame(db.connect(args.db), study)
-    if responses.empty:
-        raise InputError(f"study {study.name} has no responses in this database yet")
+    study, responses = _study_responses(args)
     flags = scoring.participant_flags(responses,
                                       max_vigilance_miss=study.flags.max_vigilance_miss,
                                       max_false_alarm=study.flags.max_false_alarm)
