@@ -20,6 +20,7 @@ from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
 from neuromem.cli import run_module
 from neuromem.commands import options
 from neuromem.jobs.decompose import DecomposeConfig, run_decompose
+from neuromem.runtime.storage import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", action="store_true",
                         help="run the vertex pass as Ray tasks, one per file")
     options.add_cluster(parser, pool=False)
+    parser.add_argument("--summary-json", default=None,
+                        help="also write the run summary (stage seconds) as JSON to this file")
     options.add_progress(parser)
 
 
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     """Decompose and print the summary."""
     summary = run_decompose(DecomposeConfig.from_args(args))
     print(summary.format())
+    if args.summary_json:
+        write_json(args.summary_json, summary.to_dict())
     return 0
 
 

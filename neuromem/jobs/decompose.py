@@ -10,9 +10,12 @@ sign coherence and spin tests. Writes ``results.json`` (:mod:`neuromem.analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,6 +116,10 @@ class DecomposeSummary:
     n_rois: int
     strongest: list[tuple[str, float]]
     timing: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def format(self) -> str:
         lines = [f"decomposed {self.n_images} images over {self.n_rois} ROIs; wrote "
@@ -165,6 +172,41 @@ def _counted(batches, bar):
     for batch in batches:
         yield batch
         bar.update(batch.num_rows)
+
+
+def spin_cache_dir() -> Path:
+    """Where spin rotations are kept: ``$NEUROMEM_CACHE/spins`` (default ``~/.cache/neuromem``)."""
+    root = os.environ.get("NEUROMEM_CACHE") or Path.home() / ".cache" / "neuromem"
+    return Path(root) / "spins"
+
+
+def cached_spin_indices(n_spins: int, seed: int, *, on_spin=None) -> np.ndarray:
+    """:func:`neuromem.analysis.spin.spin_indices` of the fsaverage5 sphere, computed once per
+    ``(n_spins, seed)`` and kept as int16 (41 MB for 1,000 spins): reruns of an analysis, which
+    use the same rotations, skip the nearest-neighbour search. A damaged cache file is
+    recomputed."""
+    from neuromem.analysis.spin import spin_indices
+    from neuromem.cortex.surface import N_VERTICES, sphere_coords
+
+    path = spin_cache_dir() / f"fsaverage5_{n_spins}_seed{seed}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape == (n_spins, N_VERTICES):
+            if on_spin is not None:
+                for _ in range(n_spins):
+                    on_spin()
+            return cached.astype(np.int32)
+    except (OSError, ValueError):
+        pass
+    indices_sv = spin_indices(sphere_coords(), n_spins, seed, on_spin=on_spin)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(temp, indices_sv.astype(np.int16))
+        os.replace(temp, path)
+    except OSError as error:  # a read-only home: the run still works, uncached
+        log.info("spin rotations not cached (%s)", error)
+    return indices_sv
 
 
 def _ray_running() -> bool:
@@ -254,7 +296,8 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     ranked = sorted((r for r in primary_records if r["pearson_r"] is not None),
                     key=lambda r: -abs(r["pearson_r"]))
     return DecomposeSummary(config.out, len(frames[0]), len(primary_records),
-                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format())
+                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format(),
+                            timer.to_dict())
 
 
 def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records: list[dict],
@@ -295,8 +338,8 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     if config.spins:
         with timer.stage("spin test"), progress_bar(config.spins, desc="spin test", unit="spin",
                                                     enabled=not config.no_progress) as bar:
-            spins = spin_test(r_v, roi_idx, n_spins=config.spins, seed=config.seed,
-                              on_spin=bar.update)
+            indices_sv = cached_spin_indices(config.spins, config.seed, on_spin=bar.update)
+            spins = spin_test(r_v, roi_idx, indices_sv=indices_sv)
     for record in records:
         roi = record["roi"]
         if roi in coherence:
