@@ -28,6 +28,7 @@ RESULT_KEYS = (
     "pearson_q",
     "spearman_r",
     "spearman_ci",
+    "spearman_ci_method",
     "spearman_p",
     "spearman_q",
     "partial_r",
@@ -123,7 +124,7 @@ def report_blocks(
                 f"sha256 {str(encoder.get('weights_sha256', 'unknown'))[:12]}). n = {results['n_images']} "
                 f"images; memorability column `{settings['memorability']}`; category control: "
                 f"{'`' + category + '`' if category else 'none'}; covariates: {', '.join(covariates) or 'none'}; "
-                f"seed {settings['seed']}; Spearman CI: BCa bootstrap, {settings['bootstrap']} resamples; "
+                f"seed {settings['seed']}; Spearman CI: {_spearman_ci_text(settings, records)}; "
                 f"spin test: {settings['spins'] if settings['vertices'] else 0} rotations."
             ),
         )
@@ -219,3 +220,10 @@ def report_blocks(
     blocks.append(Block("h2", "Figures"))
     blocks.extend(Block("img", name, caption) for name, caption in figures)
     return blocks
+
+
+def _spearman_ci_text(settings: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    methods = sorted({r.get("spearman_ci_method") for r in records} - {None})
+    names = {"analytic": "analytic (Fisher z, Bonett-Wright SE)"}
+    used = ", ".join(names.get(m, m.replace("_", " ")) for m in methods) or "none"
+    return f"{used} (--spearman-ci {settings.get('spearman_ci', 'auto')})"

@@ -10,14 +10,17 @@ sign coherence and spin tests. Writes ``results.json`` (:mod:`neuromem.analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from neuromem.analysis.correlation import N_BOOTSTRAP
+from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
 from neuromem.analysis.vertexwise import Controls, GroupedVertexMoments, VertexMoments
 from neuromem.errors import InputError, UnknownNameError
 from neuromem.runtime.config import JobConfig
@@ -53,6 +56,9 @@ class DecomposeConfig(JobConfig):
         Seed of bootstraps and spins.
     bootstrap : int
         Resamples of the Spearman BCa interval (0: none).
+    spearman_ci : str
+        ``auto`` (analytic from 2,000 rows, BCa below), ``analytic`` or ``bootstrap``
+        (:func:`neuromem.analysis.correlation.spearman`).
     rois : str
         ROI set giving each ROI's vertices.
     ray : bool
@@ -72,6 +78,7 @@ class DecomposeConfig(JobConfig):
     spins: int = 1000
     seed: int = 0
     bootstrap: int = N_BOOTSTRAP
+    spearman_ci: str = "auto"
     rois: str = "default"
     ray: bool = False
     address: str | None = None
@@ -87,6 +94,7 @@ class DecomposeConfig(JobConfig):
     def check(self) -> None:
         """Raise :class:`InputError` for values no run can use."""
         self.require_at_least(0, "spins")
+        self.require_choice("spearman_ci", SPEARMAN_CI_METHODS)
         if self.bootstrap and self.bootstrap < 100:
             raise InputError(f"--bootstrap must be 0 (no interval) or at least 100 resamples, "
                              f"got {self.bootstrap}")
@@ -108,6 +116,10 @@ class DecomposeSummary:
     n_rois: int
     strongest: list[tuple[str, float]]
     timing: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def format(self) -> str:
         lines = [f"decomposed {self.n_images} images over {self.n_rois} ROIs; wrote "
@@ -167,6 +179,41 @@ def _counted(batches, bar):
         bar.update(batch.num_rows)
 
 
+def spin_cache_dir() -> Path:
+    """Where spin rotations are kept: ``$NEUROMEM_CACHE/spins`` (default ``~/.cache/neuromem``)."""
+    root = os.environ.get("NEUROMEM_CACHE") or Path.home() / ".cache" / "neuromem"
+    return Path(root) / "spins"
+
+
+def cached_spin_indices(n_spins: int, seed: int, *, on_spin=None) -> np.ndarray:
+    """:func:`neuromem.analysis.spin.spin_indices` of the fsaverage5 sphere, computed once per
+    ``(n_spins, seed)`` and kept as int16 (41 MB for 1,000 spins): reruns of an analysis, which
+    use the same rotations, skip the nearest-neighbour search. A damaged cache file is
+    recomputed."""
+    from neuromem.analysis.spin import spin_indices
+    from neuromem.cortex.surface import N_VERTICES, sphere_coords
+
+    path = spin_cache_dir() / f"fsaverage5_{n_spins}_seed{seed}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape == (n_spins, N_VERTICES):
+            if on_spin is not None:
+                for _ in range(n_spins):
+                    on_spin()
+            return cached.astype(np.int32)
+    except (OSError, ValueError):
+        pass
+    indices_sv = spin_indices(sphere_coords(), n_spins, seed, on_spin=on_spin)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(temp, indices_sv.astype(np.int16))
+        os.replace(temp, path)
+    except OSError as error:  # a read-only home: the run still works, uncached
+        log.info("spin rotations not cached (%s)", error)
+    return indices_sv
+
+
 def _ray_running() -> bool:
     """Whether this process is connected to Ray (without importing Ray, which takes seconds)."""
     ray = sys.modules.get("ray")
@@ -223,7 +270,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
             records.append(roi_statistics(frame, table_rois, memorability=config.memorability,
                                           category=category, covariates=config.covariate_list,
                                           seed=config.seed, n_resamples=config.bootstrap,
-                                          on_roi=lambda _roi, bar=bar: bar.update()))
+                                          spearman_ci=config.spearman_ci, on_roi=lambda _roi, bar=bar: bar.update()))
     primary_records = records[0]
     used_ray = config.vertices and (config.ray or _ray_running())
     predictors = predictor_names(list(config.tables), metadata)
@@ -257,7 +304,8 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     ranked = sorted((r for r in primary_records if r["pearson_r"] is not None),
                     key=lambda r: -abs(r["pearson_r"]))
     return DecomposeSummary(config.out, len(frames[0]), len(primary_records),
-                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format())
+                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format(),
+                            timer.to_dict())
 
 
 def _controls(config: DecomposeConfig, frame, category: str | None) -> Controls | None:
@@ -276,11 +324,10 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     ``records``; returns the figures and the ``vertex_maps`` record of ``results.json``."""
     from neuromem.analysis.report import plot_coherence_histograms
     from neuromem.analysis.roi_stats import add_family_q
-    from neuromem.analysis.spin import spin_indices, spin_test
+    from neuromem.analysis.spin import spin_test
     from neuromem.analysis.vertexwise import mask_record, mask_unlabelled, roi_sign_coherence
     from neuromem.cortex.plotting import plot_surface_map
     from neuromem.cortex.rois import load_roi_set
-    from neuromem.cortex.surface import sphere_coords
     from neuromem.jobs.session import ray_session
 
     with timer.stage("vertex pass"):
@@ -322,8 +369,7 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
         with timer.stage("spin test"), progress_bar(config.spins, desc="spin test",
                                                     unit="spin",
                                                     enabled=not config.no_progress) as bar:
-            indices_sv = spin_indices(sphere_coords(), config.spins, config.seed,
-                                      on_spin=bar.update)
+            indices_sv = cached_spin_indices(config.spins, config.seed, on_spin=bar.update)
     figures = []
     for prefix, map_v in maps.items():
         masked_v = mask_unlabelled(map_v, roi_set.labelled_v)

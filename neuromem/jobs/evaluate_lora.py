@@ -136,6 +136,10 @@ def run_evaluate_lora(config: EvaluateLoraConfig, argv: list[str] | None = None)
         if encoder is None:
             raise InputError("no --encoder given and the checkpoint has no run.json naming one")
         rois = config.rois or trained.get("rois") or "default"
+        if trained.get("model") not in (None, config.model):
+            raise InputError(f"the LoRA in {checkpoint} was trained on --model "
+                             f"{trained['model']!r}, not {config.model!r}: evaluate it on the "
+                             "model it adapts")
         evaluation, base_b3hw, lora_b3hw = evaluate(
             model=config.model, lora_dir=folder, prompts=prompts, seeds=seeds_for(config.model, config.seeds),
             encoder=encoder, reward=reward_record(config, trained, encoder, rois), roi_set=rois,

@@ -135,6 +135,7 @@ def test_decompose_end_to_end(tables):
     assert agreement["FFA"]["signs_agree"] is True and agreement["RSC"]["signs_agree"] is False
     assert agreement["RSC"]["status"] == "disagree" and results["agreement_summary"]["agree"] >= 1
     assert 0 < rsc["spin_q_mean_r"] <= 1 and rsc["spearman_q"] is not None
+    assert rsc["spearman_ci_method"] == "bca_bootstrap_100"  # n = 90 < 2,000: the bootstrap
     assert set(agreement["RSC"]["r"]) == {"clip-probe:tiny#0", "clip-probe:tiny#1"}
     report = (out / "report.md").read_text()
     assert "NOT trained" in report and "n = 90" in report and "seed 5" in report
