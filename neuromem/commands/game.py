@@ -205,6 +205,18 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_responses(args: argparse.Namespace):
+    """The study and every stored response of it (one line when there is none yet)."""
+    from neuromem.game import db
+    from neuromem.game.study import load_study
+
+    study = load_study(args.study)
+    responses = db.responses_frame(db.connect(args.db), study)
+    if responses.empty:
+        raise InputError(f"study {study.name} has no responses in this database yet")
+    return study, responses
+
+
 def _export(study, responses, out: str, *, n_splits: int = 100, seed: int = 0) -> dict:
     """:func:`neuromem.game.export.export_human` with the study's flag thresholds, and its lags
     corrected to the middle of its ``target_lag``."""
@@ -217,14 +229,9 @@ def _export(study, responses, out: str, *, n_splits: int = 100, seed: int = 0) -
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from neuromem.game import db
     from neuromem.game.export import annotate_scores
-    from neuromem.game.study import load_study
 
-    study = load_study(args.study)
-    responses = db.responses_frame(db.connect(args.db), study)
-    if responses.empty:
-        raise InputError(f"study {study.name} has no responses in this database yet")
+    study, responses = _study_responses(args)
     record = _export(study, responses, args.out, n_splits=args.splits, seed=args.seed)
     halves = record["split_half"]
     print(f"wrote {args.out}: {record['n_images']} images from {record['n_participants']} "
@@ -238,13 +245,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from neuromem.game import compare, db, scoring
-    from neuromem.game.study import load_study
+    from neuromem.game import compare, scoring
 
-    study = load_study(args.study)
-    responses = db.responses_frame(db.connect(args.db), study)
-    if responses.empty:
-        raise InputError(f"study {study.name} has no responses in this database yet")
+    study, responses = _study_responses(args)
     flags = scoring.participant_flags(responses,
                                       max_vigilance_miss=study.flags.max_vigilance_miss,
                                       max_false_alarm=study.flags.max_false_alarm)

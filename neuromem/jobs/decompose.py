@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
-from neuromem.analysis.vertexwise import VertexMoments
+from neuromem.analysis.vertexwise import Controls, GroupedVertexMoments, VertexMoments
 from neuromem.errors import InputError, UnknownNameError
 from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import StageTimer, progress_bar
@@ -131,7 +131,8 @@ class DecomposeSummary:
         return "\n".join(lines)
 
 
-def vertex_moments_ray(dataset, memorability: str, *, progress: bool = True) -> VertexMoments:
+def vertex_moments_ray(dataset, memorability: str, *, controls: Controls | None = None,
+                       progress: bool = True) -> VertexMoments | GroupedVertexMoments:
     """Map: one Ray task per file computes its moments; reduce: merge on the driver (in file
     order, whatever order the tasks finish in)."""
     import ray
@@ -141,8 +142,9 @@ def vertex_moments_ray(dataset, memorability: str, *, progress: bool = True) -> 
     filesystem = dataset.filesystem
 
     @ray.remote(num_cpus=1)
-    def file_moments(path: str) -> VertexMoments:
-        return vertex_moments(path, memorability, filesystem=filesystem, n_threads=1)
+    def file_moments(path: str) -> VertexMoments | GroupedVertexMoments:
+        return vertex_moments(path, memorability, controls=controls, filesystem=filesystem,
+                              n_threads=1)
 
     files = sorted(dataset.files)
     log.info("vertex pass: %d Ray tasks", len(files))
@@ -155,16 +157,19 @@ def vertex_moments_ray(dataset, memorability: str, *, progress: bool = True) -> 
     return merge_all(ray.get(refs))
 
 
-def vertex_moments_local(dataset, memorability: str, *, progress: bool = True) -> VertexMoments:
+def vertex_moments_local(dataset, memorability: str, *, controls: Controls | None = None,
+                         progress: bool = True) -> VertexMoments | GroupedVertexMoments:
     """One streaming pass over the table in this process, with a bar over rows."""
     from neuromem.analysis.vertexwise import BLOCK_ROWS, moments_of_batches
     from neuromem.scoring.table import VERTICES_COLUMN, iter_batches
 
-    batches = iter_batches(dataset, columns=[VERTICES_COLUMN, memorability],
+    extra = [] if controls is None else controls.columns
+    batches = iter_batches(dataset, columns=list(dict.fromkeys([VERTICES_COLUMN, memorability,
+                                                                  *extra])),
                            batch_size=BLOCK_ROWS)
     with progress_bar(dataset.count_rows(), desc="vertex pass", unit="row",
                       enabled=progress) as bar:
-        return moments_of_batches(_counted(batches, bar), memorability)
+        return moments_of_batches(_counted(batches, bar), memorability, controls=controls)
 
 
 def _counted(batches, bar):
@@ -272,16 +277,19 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
 
     with staged_output(config.out) as out_dir:
         figures: list[tuple[str, str]] = []
+        vertex_maps = None
         if config.vertices:
-            figures += _vertex_statistics(config, primary, metadata[0], primary_records, notes,
-                                          out_dir, used_ray, timer)
+            figures, vertex_maps = _vertex_statistics(
+                config, primary, metadata[0], primary_records, notes, out_dir, used_ray, timer,
+                _controls(config, frames[0], category))
         agreement, summary = [], {}
         if len(datasets) > 1:
             table = roi_agreement(dict(zip(predictors, records, strict=True)))
             agreement, summary = agreement_records(table), agreement_summary(table)
         results = results_record(n_images=len(frames[0]), memorability=config.memorability,
                                  category=category, seed=config.seed, records=primary_records,
-                                 agreement=agreement, agreement_summary=summary)
+                                 agreement=agreement, agreement_summary=summary,
+                                 vertex_maps=vertex_maps)
         write_json(out_dir / "results.json", results)
         with timer.stage("figures and report"):
             figures = _roi_figures(config, frames[0], rois, primary_records, predictors[0],
@@ -300,14 +308,24 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
                             timer.to_dict())
 
 
+def _controls(config: DecomposeConfig, frame, category: str | None) -> Controls | None:
+    """What the partial vertex map controls for (None: nothing, no partial map)."""
+    if category is None and not config.covariate_list:
+        return None
+    levels = () if category is None else tuple(sorted(
+        {str(v) for v in frame[category].dropna().unique()}))
+    return Controls(category, levels, tuple(config.covariate_list))
+
+
 def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records: list[dict],
-                       notes: list[str], out_dir, used_ray: bool, timer: StageTimer
-                       ) -> list[tuple[str, str]]:
-    """Vertex map, sign coherence and spin tests into ``records``; returns the figures."""
+                       notes: list[str], out_dir, used_ray: bool, timer: StageTimer,
+                       controls: Controls | None) -> tuple[list[tuple[str, str]], dict]:
+    """Vertex maps (raw and, with controls, partial), sign coherence and spin tests into
+    ``records``; returns the figures and the ``vertex_maps`` record of ``results.json``."""
     from neuromem.analysis.report import plot_coherence_histograms
     from neuromem.analysis.roi_stats import add_family_q
     from neuromem.analysis.spin import spin_test
-    from neuromem.analysis.vertexwise import roi_sign_coherence
+    from neuromem.analysis.vertexwise import mask_record, mask_unlabelled, roi_sign_coherence
     from neuromem.cortex.plotting import plot_surface_map
     from neuromem.cortex.rois import load_roi_set
     from neuromem.jobs.session import ray_session
@@ -315,14 +333,27 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     with timer.stage("vertex pass"):
         if used_ray:
             with ray_session(config.address):
-                moments = vertex_moments_ray(primary, config.memorability,
+                moments = vertex_moments_ray(primary, config.memorability, controls=controls,
                                              progress=not config.no_progress)
         else:
-            moments = vertex_moments_local(primary, config.memorability,
+            moments = vertex_moments_local(primary, config.memorability, controls=controls,
                                            progress=not config.no_progress)
-    r_v = moments.pearson_r()
-    np.save(out_dir / "vertex_r.npy", r_v.astype(np.float32))
+    raw = moments if controls is None else moments.pooled()
+    maps = {"": raw.pearson_r()}
+    np.save(out_dir / "vertex_r.npy", maps[""].astype(np.float32))
+    record: dict[str, Any] = {"raw": {"file": "vertex_r.npy", "statistic": "Pearson r"}}
+    if controls is not None:
+        maps["partial_"] = moments.partial_r()
+        np.save(out_dir / "vertex_partial_r.npy", maps["partial_"].astype(np.float32))
+        record["partial"] = {
+            "file": "vertex_partial_r.npy",
+            "statistic": "partial Pearson r (one-hot category and covariates partialled out)",
+            "category": controls.category, "levels": list(controls.levels),
+            "covariates": list(controls.covariates),
+            "n_rows": int(moments.n_gv[:-1].sum(0).max()),
+        }
     roi_set = load_roi_set(config.rois)
+    record["mask"] = mask_record(roi_set.labelled_v, roi_set.atlas)
     roi_names = [r["roi"] for r in records]
     roi_idx = {r: roi_set.indices[r] for r in roi_names if r in roi_set.indices}
     table_rois = metadata.get("rois") or {}
@@ -333,35 +364,47 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     missing = [r for r in roi_names if r not in roi_idx]
     if missing:
         notes.append(f"No vertices known for ROIs {missing} in ROI set `{config.rois}`.")
-    coherence = roi_sign_coherence(r_v, roi_idx)
-    spins = {}
+    indices_sv = None
     if config.spins:
-        with timer.stage("spin test"), progress_bar(config.spins, desc="spin test", unit="spin",
+        with timer.stage("spin test"), progress_bar(config.spins, desc="spin test",
+                                                    unit="spin",
                                                     enabled=not config.no_progress) as bar:
             indices_sv = cached_spin_indices(config.spins, config.seed, on_spin=bar.update)
-            spins = spin_test(r_v, roi_idx, indices_sv=indices_sv)
-    for record in records:
-        roi = record["roi"]
+    figures = []
+    for prefix, map_v in maps.items():
+        masked_v = mask_unlabelled(map_v, roi_set.labelled_v)
+        _add_vertex_records(records, prefix, roi_sign_coherence(masked_v, roi_idx),
+                            {} if indices_sv is None else
+                            spin_test(masked_v, roi_idx, indices_sv=indices_sv))
+        for p_key in ("mean_r", "coherence"):
+            add_family_q(records, f"{prefix}spin_p_{p_key}", f"{prefix}spin_q_{p_key}")
+        what = "partial r" if prefix else "r"
+        with timer.stage("figures and report"):
+            figures.append((plot_surface_map(
+                map_v, out_dir / f"vertex_{prefix}r.png", roi_set=roi_set,
+                title=f"vertex {what} with {config.memorability}").name,
+                f"Vertex {what} with memorability (inflated fsaverage5)"))
+            if roi_idx:
+                figures.append((plot_coherence_histograms(
+                    masked_v, roi_idx, out_dir / f"coherence{'_partial' if prefix else ''}.png"
+                ).name, f"Vertex {what} within each ROI (medial wall left out)"))
+    return figures, record
+
+
+def _add_vertex_records(records: list[dict], prefix: str, coherence: dict, spins: dict) -> None:
+    """Sign coherence and spin p of one vertex map into the ROI records (keys ``prefix...``)."""
+
+    def value(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    for rec in records:
+        roi = rec["roi"]
         if roi in coherence:
-            neg, pos = coherence[roi]
-            record["frac_vertices_negative"] = None if np.isnan(neg) else neg
-            record["frac_vertices_positive"] = None if np.isnan(pos) else pos
+            rec[f"{prefix}frac_vertices_negative"] = value(coherence[roi][0])
+            rec[f"{prefix}frac_vertices_positive"] = value(coherence[roi][1])
         if roi in spins:
-            spin = spins[roi]
-            record["spin_p_mean_r"] = None if np.isnan(spin.p_mean_r) else spin.p_mean_r
-            record["spin_p_coherence"] = (None if np.isnan(spin.p_coherence)
-                                          else spin.p_coherence)
-    add_family_q(records, "spin_p_mean_r", "spin_q_mean_r")
-    add_family_q(records, "spin_p_coherence", "spin_q_coherence")
-    with timer.stage("figures and report"):
-        figures = [(plot_surface_map(r_v, out_dir / "vertex_r.png", roi_set=roi_set,
-                                     title=f"vertex r with {config.memorability}").name,
-                    "Vertex r with memorability (inflated fsaverage5)")]
-        if roi_idx:
-            figures.append((plot_coherence_histograms(r_v, roi_idx,
-                                                      out_dir / "coherence.png").name,
-                            "Vertex r within each ROI"))
-    return figures
+            rec[f"{prefix}spin_p_mean_r"] = value(spins[roi].p_mean_r)
+            rec[f"{prefix}spin_p_coherence"] = value(spins[roi].p_coherence)
 
 
 def _roi_figures(config: DecomposeConfig, frame, rois: list[str], records: list[dict],

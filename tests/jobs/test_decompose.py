@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pingouin as pg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -93,6 +94,7 @@ def test_decompose_end_to_end(tables):
         "rois",
         "agreement",
         "agreement_summary",
+        "vertex_maps",
     ]
     assert "hemisphere family" in results["multiple_comparisons"]
     assert results["n_images"] == 90 and results["category_column"] == "category"
@@ -113,6 +115,22 @@ def test_decompose_end_to_end(tables):
     assert r_v[v] == pytest.approx(
         np.corrcoef(responses[:, v].astype(float), memorability)[0, 1], abs=1e-6
     )
+    # the medial wall (no atlas label) is recorded and left out; both maps get coherence and spins
+    maps = results["vertex_maps"]
+    labelled_v = load_roi_set("default").labelled_v
+    assert maps["mask"]["excluded_vertices"] == np.flatnonzero(~labelled_v).tolist()
+    assert maps["mask"]["n_excluded"] == 1712 and maps["mask"]["atlas"] == "glasser"
+    assert maps["partial"]["covariates"] == ["age"] and maps["partial"]["levels"] == [
+        "object", "scene"]
+    assert rsc["partial_frac_vertices_negative"] > 0.95
+    assert 0 < rsc["partial_spin_p_coherence"] <= 1 and rsc["partial_spin_q_mean_r"] is not None
+    partial_v = np.load(out / "vertex_partial_r.npy")
+    frame = pq.read_table(base / "tribe", columns=["memorability", "category", "age"]).to_pandas()
+    frame["x"] = responses[:, v].astype(float)
+    frame["scene"] = (frame.pop("category") == "scene").astype(float)
+    expected = pg.partial_corr(frame, "x", "memorability", covar=["scene", "age"])["r"].iloc[0]
+    assert partial_v[v] == pytest.approx(expected, abs=1e-5)
+    assert "1712 vertices with no glasser label" in (out / "report.md").read_text()
     agreement = {a["roi"]: a for a in results["agreement"]}
     assert agreement["FFA"]["signs_agree"] is True and agreement["RSC"]["signs_agree"] is False
     assert agreement["RSC"]["status"] == "disagree" and results["agreement_summary"]["agree"] >= 1
@@ -121,7 +139,8 @@ def test_decompose_end_to_end(tables):
     assert set(agreement["RSC"]["r"]) == {"clip-probe:tiny#0", "clip-probe:tiny#1"}
     report = (out / "report.md").read_text()
     assert "NOT trained" in report and "n = 90" in report and "seed 5" in report
-    for png in ["roi_bars.png", "roi_scatter.png", "vertex_r.png", "coherence.png"]:
+    for png in ["roi_bars.png", "roi_scatter.png", "vertex_r.png", "coherence.png",
+                "vertex_partial_r.png", "coherence_partial.png"]:
         assert (out / png).stat().st_size > 1000 and f"({png})" in report
         assert f'src="{png}"' in (out / "report.html").read_text()
 
