@@ -15,8 +15,8 @@ directly on the same batches.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
