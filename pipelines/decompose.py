@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 
-from neuromem.analysis.correlation import N_BOOTSTRAP
+from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
 from neuromem.cli import run_module
 from neuromem.commands import options
 from neuromem.jobs.decompose import DecomposeConfig, run_decompose
+from neuromem.runtime.storage import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,16 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_seed(parser, what="bootstraps and spins")
     parser.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP,
                         help="resamples of the Spearman BCa interval (0: none; else >= 100)")
+    parser.add_argument("--spearman-ci", choices=SPEARMAN_CI_METHODS, default="auto",
+                        help="Spearman interval: analytic (Fisher z, Bonett-Wright SE), bootstrap "
+                             "(BCa), or auto: analytic from 2,000 rows on, BCa below")
     options.add_rois(parser)
     parser.add_argument("--ray", action="store_true",
                         help="run the vertex pass as Ray tasks, one per file")
     options.add_cluster(parser, pool=False)
+    parser.add_argument("--summary-json", default=None,
+                        help="also write the run summary (stage seconds) as JSON to this file")
+    options.add_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Decompose and print the summary."""
     summary = run_decompose(DecomposeConfig.from_args(args))
     print(summary.format())
+    if args.summary_json:
+        write_json(args.summary_json, summary.to_dict())
     return 0
 
 

@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ROI set: 'default' or a YAML file (default: the checkpoint's)")
     parser.add_argument("--prompts", default=None,
                         help="text file, one prompt a line (default: 8 built-in held-out prompts)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
-                        help="noise seeds; every prompt is drawn with each")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="noise seeds; every prompt is drawn with each (default: 0 for "
+                             "'tiny', else 0 1 2 3)")
     options.add_sampling(parser, inference_steps=None, negative_prompt=False, scheduler=False)
     parser.add_argument("--clip", default=None, metavar="SPEC",
                         help="open_clip model of prompt fidelity, open_clip:NAME[@WEIGHTS] "

@@ -47,8 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score table of the same --encoder and --rois giving each ROI's "
                              "mean and std (default 0 and 1)")
     options.add_rois(parser)
-    parser.add_argument("--trunc-layer", type=int, default=None,
-                        help="encoder gradient truncation depth (default: none)")
+    options.add_encoder_gradient(parser)
     parser.add_argument("--prompts", default=None,
                         help="text file, one prompt a line (default: a built-in list of 16)")
     parser.add_argument("--steps", type=int, required=True, help="optimisation steps")

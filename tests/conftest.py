@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# caches (spin rotations) go to a folder of this test session, not the user's ~/.cache
+os.environ.setdefault("NEUROMEM_CACHE", tempfile.mkdtemp(prefix="neuromem-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,11 @@
 
 ``results.json`` is a contract (``neuromem finetune --reward`` reads it, see
 :mod:`neuromem.generation.reward`): ``n_images``, ``memorability_column``, ``category_column``,
-``seed``, ``rois`` (one record per ROI with the keys of :data:`RESULT_KEYS`, in order) and
-``agreement`` (one record per ROI shared by several tables).
+``seed``, ``rois`` (one record per ROI with the keys of :data:`RESULT_KEYS`, in order; the
+``partial_frac_*``/``partial_spin_*`` keys describe the partial vertex map, None without
+controls), ``agreement`` (one record per ROI shared by several tables) and ``vertex_maps`` (None
+without ``--vertices``; else the files of the raw and partial maps, what the partial map controls
+for, and ``mask``: the vertices left out of sign coherence and spin tests, the medial wall).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ RESULT_KEYS = (
     "pearson_q",
     "spearman_r",
     "spearman_ci",
+    "spearman_ci_method",
     "spearman_p",
     "spearman_q",
     "partial_r",
@@ -38,6 +42,12 @@ RESULT_KEYS = (
     "spin_p_coherence",
     "spin_q_mean_r",
     "spin_q_coherence",
+    "partial_frac_vertices_negative",
+    "partial_frac_vertices_positive",
+    "partial_spin_p_mean_r",
+    "partial_spin_p_coherence",
+    "partial_spin_q_mean_r",
+    "partial_spin_q_coherence",
 )
 """Keys of each ``rois`` record in ``results.json``, in order (a fixed contract)."""
 
@@ -66,7 +76,8 @@ MULTIPLE_COMPARISONS = (
 
 def results_record(*, n_images: int, memorability: str, category: str | None, seed: int,
                    records: list[dict[str, Any]], agreement: list[dict[str, Any]],
-                   agreement_summary: dict[str, int] | None = None) -> dict[str, Any]:
+                   agreement_summary: dict[str, int] | None = None,
+                   vertex_maps: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``results.json`` content (see the module docstring)."""
     return {
         "n_images": n_images,
@@ -74,9 +85,10 @@ def results_record(*, n_images: int, memorability: str, category: str | None, se
         "category_column": category,
         "seed": seed,
         "multiple_comparisons": MULTIPLE_COMPARISONS,
-        "rois": [{key: record[key] for key in RESULT_KEYS} for record in records],
+        "rois": [{key: record.get(key) for key in RESULT_KEYS} for record in records],
         "agreement": agreement,
         "agreement_summary": agreement_summary or {},
+        "vertex_maps": vertex_maps,
     }
 
 
@@ -112,13 +124,27 @@ def report_blocks(
                 f"sha256 {str(encoder.get('weights_sha256', 'unknown'))[:12]}). n = {results['n_images']} "
                 f"images; memorability column `{settings['memorability']}`; category control: "
                 f"{'`' + category + '`' if category else 'none'}; covariates: {', '.join(covariates) or 'none'}; "
-                f"seed {settings['seed']}; Spearman CI: BCa bootstrap, {settings['bootstrap']} resamples; "
+                f"seed {settings['seed']}; Spearman CI: {_spearman_ci_text(settings, records)}; "
                 f"spin test: {settings['spins'] if settings['vertices'] else 0} rotations."
             ),
         )
     )
     blocks.append(Block("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())))
     blocks.extend(Block("p", note) for note in notes)
+    vertex_maps = results.get("vertex_maps")
+    if vertex_maps:
+        mask = vertex_maps["mask"]
+        text = (f"Vertex statistics: {mask['n_excluded']} vertices with no {mask['atlas']} label "
+                f"(the medial wall; {mask['n_excluded_left']} left, {mask['n_excluded_right']} "
+                "right) are left out of sign coherence and spin tests (listed in results.json).")
+        if "partial" in vertex_maps:
+            part = vertex_maps["partial"]
+            controls = ([f"category `{part['category']}` (one-hot)"] if part["category"] else []
+                        ) + [f"`{c}`" for c in part["covariates"]]
+            text += (f" The partial vertex map ({part['file']}) controls for "
+                     f"{' and '.join(controls)}; its sign coherence and spin tests are the "
+                     "`partial` columns.")
+        blocks.append(Block("p", text))
     blocks.append(Block("h2", "Regions"))
     blocks.append(Block("p", f"q: {MULTIPLE_COMPARISONS}."))
     rows = []
@@ -145,6 +171,10 @@ def report_blocks(
                 "spin p (mean)": rec["spin_p_mean_r"],
                 "spin p (coherence)": rec["spin_p_coherence"],
                 "spin q (mean)": rec["spin_q_mean_r"],
+                "partial frac r<0": rec.get("partial_frac_vertices_negative"),
+                "partial frac r>0": rec.get("partial_frac_vertices_positive"),
+                "partial spin p (mean)": rec.get("partial_spin_p_mean_r"),
+                "partial spin p (coherence)": rec.get("partial_spin_p_coherence"),
                 "note": rec["reason"] or "",
             }
         )
@@ -190,3 +220,10 @@ def report_blocks(
     blocks.append(Block("h2", "Figures"))
     blocks.extend(Block("img", name, caption) for name, caption in figures)
     return blocks
+
+
+def _spearman_ci_text(settings: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    methods = sorted({r.get("spearman_ci_method") for r in records} - {None})
+    names = {"analytic": "analytic (Fisher z, Bonett-Wright SE)"}
+    used = ", ".join(names.get(m, m.replace("_", " ")) for m in methods) or "none"
+    return f"{used} (--spearman-ci {settings.get('spearman_ci', 'auto')})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,8 @@ def roi_statistics(
     covariates: Sequence[str] = (),
     seed: int = 0,
     n_resamples: int = N_BOOTSTRAP,
+    spearman_ci: str = "auto",
+    on_roi: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Correlation, partial correlation and within-category correlation of each ROI column.
 
@@ -74,6 +76,10 @@ def roi_statistics(
         Seed of the Spearman bootstrap.
     n_resamples : int
         Bootstrap resamples of the Spearman interval.
+    spearman_ci : {"auto", "analytic", "bootstrap"}
+        How the Spearman interval is computed (:func:`~neuromem.analysis.correlation.spearman`).
+    on_roi : callable, optional
+        Called with each ROI column once its statistics are done (progress).
 
     Returns
     -------
@@ -94,7 +100,7 @@ def roi_statistics(
     for column in rois:
         x = numeric_column(frame, column)
         pr = pearson(x, y)
-        sp = spearman(x, y, seed=seed, n_resamples=n_resamples)
+        sp = spearman(x, y, seed=seed, n_resamples=n_resamples, ci_method=spearman_ci)
         part = (
             partial_correlation(x, y, categories=cats, covariates_nk=cov_nk) if controlled else None
         )
@@ -109,6 +115,7 @@ def roi_statistics(
                 "pearson_q": None,
                 "spearman_r": _json_float(sp.r),
                 "spearman_ci": _json_ci(sp.ci),
+                "spearman_ci_method": sp.ci_method,
                 "spearman_p": _json_float(sp.p),
                 "spearman_q": None,
                 "partial_r": None if part is None else _json_float(part.r),
@@ -129,6 +136,8 @@ def roi_statistics(
                 "reason": pr.reason or (part.reason if part is not None else None),
             }
         )
+        if on_roi is not None:
+            on_roi(column)
     for statistic in ("pearson", "spearman", "partial"):
         add_family_q(records, f"{statistic}_p", f"{statistic}_q")
     levels = sorted({level for record in records for level in record["within_category"]})

@@ -16,7 +16,7 @@ The summaries tested per ROI are the mean r (two-sided: ``|mean|``) and the sign
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +37,8 @@ def random_rotations(n_spins: int, seed: int) -> np.ndarray:
     return Rotation.random(n_spins, rng=np.random.default_rng(seed)).as_matrix()
 
 
-def spin_indices(sphere_v3: np.ndarray, n_spins: int, seed: int) -> np.ndarray:
+def spin_indices(sphere_v3: np.ndarray, n_spins: int, seed: int, *,
+                 on_spin: Callable[[], None] | None = None) -> np.ndarray:
     """Source vertex of every vertex under each random rotation.
 
     Parameters
@@ -49,6 +50,8 @@ def spin_indices(sphere_v3: np.ndarray, n_spins: int, seed: int) -> np.ndarray:
         Number of rotations.
     seed : int
         Seed of the rotations.
+    on_spin : callable, optional
+        Called once per rotation done (both hemispheres; progress).
 
     Returns
     -------
@@ -61,13 +64,15 @@ def spin_indices(sphere_v3: np.ndarray, n_spins: int, seed: int) -> np.ndarray:
     rotations = random_rotations(n_spins, seed)
     indices = np.empty((n_spins, N_VERTICES), dtype=np.int32)
     halves = {0: sphere_v3[:N_VERTICES_HEMI], N_VERTICES_HEMI: sphere_v3[N_VERTICES_HEMI:]}
-    for offset, coords_h3 in halves.items():
-        tree = cKDTree(coords_h3)
-        for s, rotation in enumerate(rotations):
-            if offset:  # the right hemisphere spins as the mirror image of the left
-                rotation = MIRROR @ rotation @ MIRROR
-            _, nearest = tree.query(coords_h3 @ rotation.T, k=1, workers=-1)
+    trees = {offset: cKDTree(coords_h3) for offset, coords_h3 in halves.items()}
+    for s, rotation in enumerate(rotations):
+        for offset, coords_h3 in halves.items():
+            # the right hemisphere spins as the mirror image of the left
+            turn = MIRROR @ rotation @ MIRROR if offset else rotation
+            _, nearest = trees[offset].query(coords_h3 @ turn.T, k=1, workers=-1)
             indices[s, offset : offset + N_VERTICES_HEMI] = nearest + offset
+        if on_spin is not None:
+            on_spin()
     return indices
 
 
@@ -116,6 +121,7 @@ def spin_test(
     seed: int = 0,
     sphere_v3: np.ndarray | None = None,
     indices_sv: np.ndarray | None = None,
+    on_spin: Callable[[], None] | None = None,
 ) -> dict[str, SpinResult]:
     """Spin-test p-values of each ROI's mean and sign coherence of a vertex map.
 
@@ -134,6 +140,8 @@ def spin_test(
     indices_sv : ndarray of shape (n_spins, 20484), optional
         Rotations already computed by :func:`spin_indices` (reused across maps); when given,
         ``n_spins``, ``seed`` and ``sphere_v3`` are not used.
+    on_spin : callable, optional
+        Called once per rotation computed (progress; see :func:`spin_indices`).
 
     Returns
     -------
@@ -146,7 +154,7 @@ def spin_test(
             from neuromem.cortex.surface import sphere_coords
 
             sphere_v3 = sphere_coords()
-        indices_sv = spin_indices(sphere_v3, n_spins, seed)
+        indices_sv = spin_indices(sphere_v3, n_spins, seed, on_spin=on_spin)
     nulls_sv = map_v[indices_sv]
     out = {}
     for roi, idx in roi_indices.items():

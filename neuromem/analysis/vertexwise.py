@@ -11,6 +11,16 @@ column-wise sum of squares), then converted to centred moments before merging. F
 have at most 11 significant bits, so the cancellation in ``Σx² - n·x̄²`` inside one block stays
 far below the precision of the data.
 
+The partial correlation of every vertex with memorability controlling for the category (one-hot,
+i.e. an intercept per category) and numeric covariates streams the same way:
+:class:`GroupedVertexMoments` keeps the centred moments of (vertex, memorability, covariates)
+per category and merges blocks with the same pairwise update. Residualising on the category
+indicators is centring within each category (Frisch-Waugh-Lovell), so summing the within-category
+centred moments over categories gives the moments of the category residuals; the numeric
+covariates are then partialled out of that pooled matrix, per vertex. Rows whose category or
+covariates are missing count in the raw map but not in the partial one (as in
+:func:`neuromem.analysis.partial.partial_correlation`).
+
 Spearman ρ is Pearson r on ranks, and ranks of a vertex need all its values at once, so it
 cannot be streamed exactly over rows. :func:`vertex_spearman` makes it exact with bounded memory
 by streaming over *vertices* instead: memorability is ranked once over the kept rows, then the
@@ -27,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
@@ -147,6 +158,229 @@ class VertexMoments:
         return np.clip(r_v, -1.0, 1.0)
 
 
+@dataclass(frozen=True)
+class Controls:
+    """What a partial vertex map controls for.
+
+    Attributes
+    ----------
+    category : str or None
+        Category column (one-hot; an intercept per level).
+    levels : tuple of str
+        The category's levels (labels as strings); rows with another or a missing label are
+        left out of the partial map.
+    covariates : tuple of str
+        Numeric columns partialled out as well.
+    """
+
+    category: str | None
+    levels: tuple[str, ...] = ()
+    covariates: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        """Table columns the controls read."""
+        return [*([self.category] if self.category else []), *self.covariates]
+
+    @property
+    def n_groups(self) -> int:
+        """Category levels (1 without a category)."""
+        return max(1, len(self.levels)) if self.category else 1
+
+    def encode(self, columns: dict[str, np.ndarray], y_n: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """``w_nk`` (memorability, then covariates) and each row's group (``n_groups``: missing).
+
+        Parameters
+        ----------
+        columns : dict of str to ndarray of shape (n,)
+            The control columns of a block of rows.
+        y_n : ndarray of shape (n,)
+            Memorability.
+        """
+        cov = [np.asarray(columns[c], dtype=np.float64) for c in self.covariates]
+        w_nk = np.column_stack([y_n, *cov])
+        if self.category:
+            labels = pd.Series(np.asarray(columns[self.category], dtype=object))
+            codes = pd.Categorical(labels.astype(str), categories=list(self.levels)).codes
+            group_n = np.where(labels.isna().to_numpy() | (codes < 0), self.n_groups,
+                               codes).astype(np.int64)
+        else:
+            group_n = np.zeros(len(y_n), dtype=np.int64)
+        group_n[~np.isfinite(w_nk[:, 1:]).all(1)] = self.n_groups
+        w_nk[:, 1:] = np.where(np.isfinite(w_nk[:, 1:]), w_nk[:, 1:], 0.0)
+        return w_nk, group_n
+
+
+def _centred_moments(x_nv: np.ndarray, w_nk: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Count, means and centred cross-products of one set of rows, per vertex.
+
+    ``x_nv`` float64 (NaN: missing), ``w_nk`` finite. Returns ``n_v, mean_x_v, mean_w_kv,
+    sxx_v, sxw_kv, sww_kkv``.
+    """
+    n_rows, n_v_vertices = x_nv.shape
+    n_w = w_nk.shape[1]
+    sum_x_v = x_nv.sum(0)
+    if np.isfinite(sum_x_v).all():
+        mean_w_k = w_nk.mean(0)
+        wc_nk = w_nk - mean_w_k
+        n_v = np.full(n_v_vertices, float(n_rows))
+        mean_x_v = sum_x_v / n_rows
+        sxx_v = np.maximum(np.einsum("nv,nv->v", x_nv, x_nv) - n_rows * mean_x_v**2, 0.0)
+        sxw_kv = wc_nk.T @ x_nv  # Σ (w - w̄) x = Σ (w - w̄)(x - x̄)
+        mean_w_kv = np.repeat(mean_w_k[:, None], n_v_vertices, 1)
+        sww_kkv = np.repeat((wc_nk.T @ wc_nk)[:, :, None], n_v_vertices, 2)
+        return n_v, mean_x_v, mean_w_kv, sxx_v, sxw_kv, sww_kkv
+    present_nv = np.isfinite(x_nv)
+    x_nv = np.where(present_nv, x_nv, 0.0)
+    present_nv = present_nv.astype(np.float64)
+    n_v = present_nv.sum(0)
+    ww_nkk = w_nk[:, :, None] * w_nk[:, None, :]
+    sum_w_kv = w_nk.T @ present_nv
+    sum_ww_kkv = (ww_nkk.reshape(n_rows, -1).T @ present_nv).reshape(n_w, n_w, -1)
+    sum_xw_kv = w_nk.T @ x_nv
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_x_v = np.where(n_v > 0, x_nv.sum(0) / n_v, 0.0)
+        mean_w_kv = np.where(n_v > 0, sum_w_kv / n_v, 0.0)
+    sxx_v = np.maximum(np.einsum("nv,nv->v", x_nv, x_nv) - n_v * mean_x_v**2, 0.0)
+    sxw_kv = sum_xw_kv - n_v * mean_x_v * mean_w_kv
+    sww_kkv = sum_ww_kkv - n_v * mean_w_kv[:, None] * mean_w_kv[None]
+    return n_v, mean_x_v, mean_w_kv, sxx_v, sxw_kv, sww_kkv
+
+
+@dataclass
+class GroupedVertexMoments:
+    """Mergeable moments of (vertex value, memorability, covariates) per category, per vertex.
+
+    Group ``g < G`` holds the rows of the ``g``-th category level; group ``G`` the rows whose
+    category or covariates are missing (they count only in :meth:`pooled`). ``w`` is
+    memorability followed by the ``K - 1`` covariates. Memory: ``(G + 1) × V × (K² + 2K + 3)``
+    float64 values (``G = 10, K = 1``: 10 MB).
+
+    Attributes
+    ----------
+    n_gv : ndarray of shape (G + 1, V) int64
+        Complete pairs per group and vertex.
+    mean_x_gv : ndarray of shape (G + 1, V)
+        Vertex means.
+    mean_w_gkv : ndarray of shape (G + 1, K, V)
+        Means of memorability and covariates over the same rows.
+    sxx_gv, sxw_gkv, sww_gkkv : ndarray
+        Centred sums of squares and cross-products: vertex-vertex ``(G + 1, V)``,
+        vertex-w ``(G + 1, K, V)``, w-w ``(G + 1, K, K, V)``.
+    """
+
+    n_gv: np.ndarray
+    mean_x_gv: np.ndarray
+    mean_w_gkv: np.ndarray
+    sxx_gv: np.ndarray
+    sxw_gkv: np.ndarray
+    sww_gkkv: np.ndarray
+
+    @classmethod
+    def empty(cls, n_groups: int, n_w: int, n_vertices: int = N_VERTICES
+              ) -> GroupedVertexMoments:
+        """Moments of no data for ``n_groups`` levels and ``n_w`` w columns."""
+        g, k, v = n_groups + 1, n_w, n_vertices
+        return cls(np.zeros((g, v), np.int64), np.zeros((g, v)), np.zeros((g, k, v)),
+                   np.zeros((g, v)), np.zeros((g, k, v)), np.zeros((g, k, k, v)))
+
+    @classmethod
+    def from_block(cls, values_nv: np.ndarray, w_nk: np.ndarray, group_n: np.ndarray,
+                   n_groups: int) -> GroupedVertexMoments:
+        """Moments of one block of rows.
+
+        Parameters
+        ----------
+        values_nv : ndarray of shape (n, V)
+            Vertex values (NaN: missing).
+        w_nk : ndarray of shape (n, K)
+            Memorability (rows where it is not finite are left out), then the covariates
+            (finite except in rows of group ``n_groups``).
+        group_n : ndarray of shape (n,) int
+            Group of each row, ``0..n_groups`` (``n_groups``: category or covariate missing).
+        n_groups : int
+            Number of category levels G.
+        """
+        w_nk = np.asarray(w_nk, dtype=np.float64)
+        if values_nv.ndim != 2 or w_nk.ndim != 2 or not (
+                values_nv.shape[0] == w_nk.shape[0] == len(group_n)):
+            raise InputError(f"expected values (n, V), w (n, K) and groups (n,); got "
+                             f"{values_nv.shape}, {w_nk.shape}, {np.shape(group_n)}")
+        keep = np.isfinite(w_nk[:, 0])
+        w_nk = np.where(np.isfinite(w_nk), w_nk, 0.0)
+        out = cls.empty(n_groups, w_nk.shape[1], values_nv.shape[1])
+        group_n = np.asarray(group_n)
+        for g in np.unique(group_n[keep]):
+            rows = keep & (group_n == g)
+            x_nv = np.asarray(values_nv[rows], dtype=np.float64)
+            (n_v, out.mean_x_gv[g], out.mean_w_gkv[g], out.sxx_gv[g], out.sxw_gkv[g],
+             out.sww_gkkv[g]) = _centred_moments(x_nv, w_nk[rows])
+            out.n_gv[g] = n_v.astype(np.int64)
+        return out
+
+    def merge(self, other: GroupedVertexMoments) -> GroupedVertexMoments:
+        """Moments of the union of the two sets of rows, group by group (pairwise update)."""
+        n_a, n_b = self.n_gv.astype(np.float64), other.n_gv.astype(np.float64)
+        n = n_a + n_b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w_b = np.where(n > 0, n_b / n, 0.0)
+            cross = np.where(n > 0, n_a * n_b / n, 0.0)
+        dx = other.mean_x_gv - self.mean_x_gv
+        dw = other.mean_w_gkv - self.mean_w_gkv
+        return GroupedVertexMoments(
+            self.n_gv + other.n_gv,
+            self.mean_x_gv + dx * w_b,
+            self.mean_w_gkv + dw * w_b[:, None],
+            self.sxx_gv + other.sxx_gv + dx * dx * cross,
+            self.sxw_gkv + other.sxw_gkv + dx[:, None] * dw * cross[:, None],
+            self.sww_gkkv + other.sww_gkkv
+            + dw[:, :, None] * dw[:, None, :] * cross[:, None, None],
+        )
+
+    def pooled(self) -> VertexMoments:
+        """Moments of (vertex, memorability) over every row, all groups merged (the raw map)."""
+        total = VertexMoments.empty(self.n_gv.shape[1])
+        for g in range(self.n_gv.shape[0]):
+            total = total.merge(VertexMoments(
+                self.n_gv[g], self.mean_x_gv[g], self.mean_w_gkv[g, 0], self.sxx_gv[g],
+                self.sww_gkkv[g, 0, 0], self.sxw_gkv[g, 0]))
+        return total
+
+    def n_controls(self) -> np.ndarray:
+        """Control columns per vertex, ``(V,)``: category levels present − 1 + covariates."""
+        levels_v = (self.n_gv[:-1] > 0).sum(0)
+        return np.maximum(levels_v - 1, 0) + self.mean_w_gkv.shape[1] - 1
+
+    def partial_r(self) -> np.ndarray:
+        """Partial r of each vertex with memorability given category and covariates, ``(V,)``.
+
+        The within-category moments are summed over the categories; the covariates are
+        partialled out of the pooled matrix per vertex (``S_ab·z = S_ab − S_az S_zz⁺ S_zb``).
+        NaN where fewer than ``controls + 3`` rows remain or the controls explain the vertex
+        or memorability completely.
+        """
+        n_v = self.n_gv[:-1].sum(0)
+        sxx_v = self.sxx_gv[:-1].sum(0)
+        sxw_kv = self.sxw_gkv[:-1].sum(0)
+        sww_kkv = self.sww_gkkv[:-1].sum(0)
+        sxy_v, syy_v = sxw_kv[0].copy(), sww_kkv[0, 0].copy()
+        scale_x, scale_y = sxx_v.copy(), syy_v.copy()
+        if sxw_kv.shape[0] > 1:
+            szz_vkk = np.moveaxis(sww_kkv[1:, 1:], -1, 0)
+            rhs_vk2 = np.stack([sxw_kv[1:].T, sww_kkv[1:, 0].T], axis=-1)
+            sol_vk2 = np.linalg.pinv(szz_vkk) @ rhs_vk2
+            sxx_v = sxx_v - np.einsum("vk,vk->v", rhs_vk2[..., 0], sol_vk2[..., 0])
+            sxy_v = sxy_v - np.einsum("vk,vk->v", rhs_vk2[..., 0], sol_vk2[..., 1])
+            syy_v = syy_v - np.einsum("vk,vk->v", rhs_vk2[..., 1], sol_vk2[..., 1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r_v = sxy_v / np.sqrt(sxx_v * syy_v)
+        undefined = ((n_v - self.n_controls() < 3) | (sxx_v <= 1e-10 * scale_x)
+                     | (syy_v <= 1e-10 * scale_y) | (scale_x <= 0) | (scale_y <= 0))
+        r_v[undefined] = np.nan
+        return np.clip(r_v, -1.0, 1.0)
+
+
 def merge_all(parts: Iterable[VertexMoments]) -> VertexMoments:
     """Merge any number of :class:`VertexMoments` (the reduce step)."""
     total = None
@@ -158,42 +392,46 @@ def merge_all(parts: Iterable[VertexMoments]) -> VertexMoments:
 
 
 def _blocks(
-    batches: Iterable[pa.RecordBatch], memorability_column: str, vertices_column: str, rows: int
-) -> Iterator[tuple[list[pa.Array], np.ndarray]]:
-    """Regroup batches of any size into blocks of ``rows`` rows: (vertex column pieces, y)."""
-    pieces, ys, filled = [], [], 0
+    batches: Iterable[pa.RecordBatch], columns: Sequence[str], vertices_column: str, rows: int
+) -> Iterator[tuple[list[pa.Array], dict[str, np.ndarray]]]:
+    """Regroup batches of any size into blocks of ``rows`` rows: (vertex column pieces,
+    the other ``columns`` as numpy arrays)."""
+    pieces, parts, filled = [], {c: [] for c in columns}, 0
     for batch in batches:
-        y_n = batch.column(memorability_column).to_numpy(zero_copy_only=False).astype(np.float64)
+        arrays = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
         column = batch.column(vertices_column)
         start = 0
         while start < batch.num_rows:
             take = min(rows - filled, batch.num_rows - start)
             pieces.append(column.slice(start, take))
-            ys.append(y_n[start : start + take])
+            for c in columns:
+                parts[c].append(arrays[c][start : start + take])
             filled += take
             start += take
             if filled == rows:
-                yield pieces, np.concatenate(ys)
-                pieces, ys, filled = [], [], 0
+                yield pieces, {c: np.concatenate(parts[c]) for c in columns}
+                pieces, parts, filled = [], {c: [] for c in columns}, 0
     if filled:
-        yield pieces, np.concatenate(ys)
+        yield pieces, {c: np.concatenate(parts[c]) for c in columns}
 
 
 def moments_of_batches(
     batches: Iterable[pa.RecordBatch],
     memorability_column: str,
     *,
+    controls: Controls | None = None,
     vertices_column: str = VERTICES_COLUMN,
     block_rows: int = BLOCK_ROWS,
     n_threads: int = 2,
-) -> VertexMoments:
+) -> VertexMoments | GroupedVertexMoments:
     """Stream record batches (vertex column + memorability) into one :class:`VertexMoments`.
 
     Batches of any size (score tables often hold one small file per scoring batch) are
     regrouped into blocks of ``block_rows`` rows. ``n_threads`` threads each decode a block into
     their own float64 buffer and reduce it (numpy releases the GIL), while this thread reads
     ahead; blocks are merged in table order, so the result does not depend on ``n_threads``.
-    Memory: ``n_threads × block_rows × 20484 × 8`` bytes of buffers.
+    Memory: ``n_threads × block_rows × 20484 × 8`` bytes of buffers. With ``controls`` (the
+    batches then hold their columns too) the result is a :class:`GroupedVertexMoments`.
     """
     if n_threads < 1:
         raise InputError(f"n_threads must be at least 1; got {n_threads}")
@@ -201,7 +439,7 @@ def moments_of_batches(
     for _ in range(n_threads):
         free.put(np.empty((block_rows, N_VERTICES), dtype=np.float64))
 
-    def reduce_block(pieces: list[pa.Array], y_n: np.ndarray) -> VertexMoments:
+    def reduce_block(pieces: list[pa.Array], columns: dict[str, np.ndarray]):
         buffer_nv = free.get()
         try:
             start = 0
@@ -209,17 +447,26 @@ def moments_of_batches(
                 stop = start + len(piece)
                 decode_vertices(piece, dtype=np.float64, out=buffer_nv[start:stop])
                 start = stop
-            return VertexMoments.from_block(buffer_nv[:start], y_n)
+            y_n = columns[memorability_column].astype(np.float64)
+            if controls is None:
+                return VertexMoments.from_block(buffer_nv[:start], y_n)
+            return GroupedVertexMoments.from_block(buffer_nv[:start],
+                                                   *controls.encode(columns, y_n),
+                                                   controls.n_groups)
         finally:
             free.put(buffer_nv)
 
-    total = VertexMoments.empty()
+    if controls is None:
+        total, columns = VertexMoments.empty(), [memorability_column]
+    else:
+        total = GroupedVertexMoments.empty(controls.n_groups, 1 + len(controls.covariates))
+        columns = list(dict.fromkeys([memorability_column, *controls.columns]))
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(n_threads) as pool:
-        for pieces, y_n in _blocks(batches, memorability_column, vertices_column, block_rows):
+        for pieces, block in _blocks(batches, columns, vertices_column, block_rows):
             if len(pending) == n_threads:
                 total = total.merge(pending.popleft().result())
-            pending.append(pool.submit(reduce_block, pieces, y_n))
+            pending.append(pool.submit(reduce_block, pieces, block))
         while pending:
             total = total.merge(pending.popleft().result())
     return total
@@ -229,12 +476,13 @@ def vertex_moments(
     path_or_dataset: PathOrDataset,
     memorability_column: str = "memorability",
     *,
+    controls: Controls | None = None,
     vertices_column: str = VERTICES_COLUMN,
     filters=None,
     filesystem=None,
     block_rows: int = BLOCK_ROWS,
     n_threads: int = 2,
-) -> VertexMoments:
+) -> VertexMoments | GroupedVertexMoments:
     """One streaming pass over a score table (or one of its files) giving per-vertex moments.
 
     Parameters
@@ -243,6 +491,9 @@ def vertex_moments(
         Score table, or a single Parquet file of it (the map step of a map-reduce).
     memorability_column : str
         Numeric column correlated with each vertex.
+    controls : Controls, optional
+        Category and covariates of the partial map: the result is then a
+        :class:`GroupedVertexMoments`.
     vertices_column : str
         The vertex column.
     filters : pyarrow.dataset.Expression or list of tuples, optional
@@ -256,11 +507,12 @@ def vertex_moments(
 
     Returns
     -------
-    VertexMoments
+    VertexMoments or GroupedVertexMoments
     """
+    extra = [] if controls is None else controls.columns
     batches = iter_batches(
         path_or_dataset,
-        columns=[vertices_column, memorability_column],
+        columns=list(dict.fromkeys([vertices_column, memorability_column, *extra])),
         filters=filters,
         batch_size=block_rows,
         filesystem=filesystem,
@@ -268,6 +520,7 @@ def vertex_moments(
     return moments_of_batches(
         batches,
         memorability_column,
+        controls=controls,
         vertices_column=vertices_column,
         block_rows=block_rows,
         n_threads=n_threads,
@@ -344,6 +597,40 @@ def _rank_correlate(values_nv: np.ndarray, y_n: np.ndarray, y_rank_n: np.ndarray
         if ok.sum() >= 3 and np.ptp(values_nv[ok, v]) > 0:
             rho_v[v] = stats.spearmanr(values_nv[ok, v], y_n[ok]).statistic
     return np.clip(rho_v, -1.0, 1.0)
+
+
+def mask_unlabelled(map_v: np.ndarray, labelled_v: np.ndarray | None) -> np.ndarray:
+    """A copy of a vertex map with the vertices outside the atlas (the medial wall) set to NaN.
+
+    Encoder maps are finite on the medial wall, where no cortical area lies; sign coherence and
+    the spin test must not draw those values into ROIs (a NaN vertex carries no value in
+    :func:`neuromem.analysis.spin.spin_test`).
+
+    Parameters
+    ----------
+    map_v : ndarray of shape (20484,)
+    labelled_v : ndarray of bool, shape (20484,), or None
+        Vertices with an atlas label (:attr:`neuromem.cortex.rois.RoiSet.labelled_v`); None
+        keeps every vertex.
+    """
+    masked_v = np.array(map_v, dtype=np.float64)
+    if labelled_v is not None:
+        masked_v[~np.asarray(labelled_v, dtype=bool)] = np.nan
+    return masked_v
+
+
+def mask_record(labelled_v: np.ndarray | None, atlas: str) -> dict:
+    """The ``results.json`` record of the vertex mask: rule, atlas, counts, excluded indices."""
+    excluded = [] if labelled_v is None else np.flatnonzero(~np.asarray(labelled_v)).tolist()
+    return {
+        "rule": "vertices with no atlas label (the medial wall) are left out of sign coherence "
+                "and spin tests",
+        "atlas": atlas,
+        "n_excluded": len(excluded),
+        "n_excluded_left": sum(1 for v in excluded if v < N_VERTICES // 2),
+        "n_excluded_right": sum(1 for v in excluded if v >= N_VERTICES // 2),
+        "excluded_vertices": excluded,
+    }
 
 
 def roi_sign_coherence(

@@ -154,18 +154,24 @@ def add_sampling(parser: argparse.ArgumentParser, *, inference_steps: int | None
                             help="noise scheduler")
 
 
-def add_brain_guidance(parser: argparse.ArgumentParser) -> None:
-    """Brain-guidance options (:class:`neuromem.generation.guidance.GuidanceConfig`)."""
-    from neuromem.generation.guidance import GRAD_PATHS  # torch: only for generation commands
-
-    parser.add_argument("--scale", type=float, required=True,
-                        help="brain guidance scale (required; 0: unguided)")
+def add_encoder_gradient(parser: argparse.ArgumentParser) -> None:
+    """How the brain encoder's gradient reaches the pixels: ``--trunc-layer`` (stop the path at
+    a depth) or ``--surrogate-layer`` (straight-through surrogate; :mod:`neuromem.encoders.base`)."""
     parser.add_argument("--trunc-layer", type=int, default=None,
                         help="encoder depth where the gradient path stops, value unchanged "
                              "(default: full depth)")
     parser.add_argument("--surrogate-layer", type=int, default=None,
                         help="straight-through surrogate: the encoder's value with the gradient "
                              "of its read-out at this depth (clip-probe encoders; default: none)")
+
+
+def add_brain_guidance(parser: argparse.ArgumentParser) -> None:
+    """Brain-guidance options (:class:`neuromem.generation.guidance.GuidanceConfig`)."""
+    from neuromem.generation.guidance import GRAD_PATHS  # torch: only for generation commands
+
+    parser.add_argument("--scale", type=float, required=True,
+                        help="brain guidance scale (required; 0: unguided)")
+    add_encoder_gradient(parser)
     parser.add_argument("--grad-path", choices=GRAD_PATHS, default="x0",
                         help="x0: noise prediction held fixed in the clean-image estimate (no "
                              "UNet backward); unet: full backward through the UNet (slower; "

@@ -75,6 +75,9 @@ class RoiSet:
         Atlas area names behind each ROI (the same list for ``FFA``, ``lh_FFA``, ``rh_FFA``).
     atlas_source : str
         Where the atlas came from, recorded in outputs.
+    labelled_v : ndarray of bool, shape (20484,), optional
+        Vertices with an atlas label; the others (the medial wall) hold no cortical area and
+        are left out of vertex statistics. None when unknown (every vertex counts).
     """
 
     name: str
@@ -83,6 +86,7 @@ class RoiSet:
     indices: dict[str, np.ndarray]
     definitions: dict[str, list[str]]
     atlas_source: str = ""
+    labelled_v: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -208,6 +212,7 @@ def build_roi_set(
         indices=indices,
         definitions=areas_of,
         atlas_source=atlas.source,
+        labelled_v=atlas.labels_v > 0,
     )
 
 

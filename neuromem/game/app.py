@@ -26,7 +26,9 @@ import hmac
 import json
 import logging
 import math
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 2048
 #: Timer slack allowed beyond a trial's response window (image + gap), ms.
 RT_SLACK_MS = 1000
+#: What a session token looks like (:func:`neuromem.game.db.new_token`, URL-safe base64).
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Platforms a session may name.
 PLATFORMS = ("prolific", "mturk", "direct")
 STATIC = Path(__file__).with_name("static")
@@ -89,6 +93,8 @@ def _field(payload: dict, name: str, kind, *, required: bool = True, max_len: in
         raise BadRequest(422, f"'{name}' must be {kind.__name__}")
     if kind is str and not 0 < len(value) <= max_len:
         raise BadRequest(422, f"'{name}' must be 1 to {max_len} characters")
+    if kind is str and not value.isprintable():  # NUL breaks PostgreSQL; escapes garble logs
+        raise BadRequest(422, f"'{name}' must be printable text")
     if kind is float and not math.isfinite(value):
         raise BadRequest(422, f"'{name}' must be finite")
     return value
@@ -106,7 +112,7 @@ class GameApp:
     # -- helpers ------------------------------------------------------------------------------
 
     def _session(self, connection, token) -> sa.Row:
-        if not isinstance(token, str) or not 0 < len(token) <= 64:
+        if not isinstance(token, str) or not TOKEN_PATTERN.fullmatch(token):
             raise BadRequest(401, "missing or malformed session token")
         row = connection.execute(sa.select(db.participants).where(
             db.participants.c.token == token, db.participants.c.study == self.study.name)).first()
@@ -114,15 +120,15 @@ class GameApp:
             raise BadRequest(401, "unknown session token")
         return row
 
-    def _next(self, connection, session) -> dict:
-        if session.next_position >= session.n_trials:
-            return {"done": True, "completion_code": self.study.completion_code,
-                    "total": session.n_trials}
+    def _next(self, connection, participant_id: int, position: int, total: int) -> dict:
+        """The trial at ``position`` of a session of ``total`` trials (or its end)."""
+        if position >= total:
+            return {"done": True, "completion_code": self.study.completion_code, "total": total}
         image_id = connection.execute(sa.select(db.trials.c.image_id).where(
-            db.trials.c.participant_id == session.id,
-            db.trials.c.position == session.next_position)).scalar_one()
-        return {"done": False, "position": session.next_position,
-                "image": f"/images/{image_id}", "total": session.n_trials}
+            db.trials.c.participant_id == participant_id,
+            db.trials.c.position == position)).scalar_one()
+        return {"done": False, "position": position,
+                "image": f"/images/{quote(image_id, safe='/')}", "total": total}
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -180,7 +186,8 @@ class GameApp:
     async def next_trial(self, request: Request):
         with self.engine.connect() as connection:
             session = self._session(connection, request.query_params.get("token"))
-            return JSONResponse(self._next(connection, session))
+            return JSONResponse(self._next(connection, session.id, session.next_position,
+                                           session.n_trials))
 
     async def response(self, request: Request):
         payload = await _json_body(request)
@@ -210,8 +217,8 @@ class GameApp:
                 connection.execute(db.responses.insert().values(
                     participant_id=session.id, position=position, responded=responded,
                     rt_ms=rt_ms, received=db.now()))
-                session = self._session(connection, token)
-                return JSONResponse(self._next(connection, session))
+                return JSONResponse(self._next(connection, session.id, position + 1,
+                                               session.n_trials))
         except sa.exc.IntegrityError:
             raise BadRequest(409, "this response was already received") from None
 

@@ -67,9 +67,11 @@ def check_feasible(study, *, source: str = "study") -> None:
         raise InputError(f"{source}: {s.targets} targets per participant, but only {drawable} "
                          "can be drawn (images with a condition, one per pair)")
     needed = s.length - s.targets - s.vigilance  # distinct images shown by one participant
-    if len(study.images) < needed:
-        raise InputError(f"{source}: a participant sees {needed} distinct images, the study has "
-                         f"{len(study.images)}; add fillers or shorten the sequence")
+    showable = len(study.filler_ids) + drawable  # one image of each pair at most
+    if showable < needed:
+        raise InputError(f"{source}: a participant sees {needed} distinct images, the study can "
+                         f"show {showable} (fillers, and one image of each pair); add fillers or "
+                         "shorten the sequence")
 
 
 def choose_targets(target_ids: Sequence[str], times_target: Mapping[str, int], n: int,

@@ -39,7 +39,9 @@ def background(app, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve ``app`` on a free port of ``host`` in a thread; yields its base URL."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with
+    # proto 0 each response (headers and body written apart) waits ~40 ms for a delayed ACK
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning",

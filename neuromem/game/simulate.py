@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import numpy as np
 from scipy.special import expit, logit
@@ -59,7 +60,7 @@ def play_participant(base_url: str, participant: str, memorability: Mapping[str,
         trial = client.get("/api/next", params={"token": token}).json()
         n = 0
         while not trial["done"]:
-            image_id = trial["image"].removeprefix("/images/")
+            image_id = unquote(trial["image"].removeprefix("/images/"))
             if image_id in seen:
                 lag = trial["position"] - seen[image_id]
                 p = (behaviour.vigilance_hit if lag <= behaviour.short_lag else

@@ -9,8 +9,9 @@ from the same initial noise (DDIM, classifier-free guidance). Each image gets
 - CLIP prompt fidelity: cosine similarity of the open_clip image and prompt embeddings.
 
 :func:`evaluate` returns the ``evaluation.json`` content; :func:`write_report` writes it with
-``per_image.csv``, ``report.md`` and ``grid.png`` (one row per prompt and seed: base left, LoRA
-right).
+``per_image.csv``, ``report.md``, ``grid.png`` (one row per prompt and seed: base left, LoRA
+right) and every image as ``base/<png>`` and ``lora/<png>`` (the same name for twins, so
+``neuromem game make --condition base=OUT/base --condition lora=OUT/lora`` pairs them).
 """
 
 from __future__ import annotations
@@ -30,11 +31,22 @@ TINY_CLIP, DEFAULT_CLIP = "open_clip:tiny", "open_clip:ViT-L-14@openai"
 OUTPUTS = ("evaluation.json", "per_image.csv", "report.md", "grid.png")
 
 
+#: ``--seeds`` when not given: one for ``--model tiny`` (a run of seconds), else four.
+TINY_SEEDS, DEFAULT_SEEDS = (0,), (0, 1, 2, 3)
+
+
 def clip_for(model: str, clip: str | None = None) -> str:
     """The CLIP spec of prompt fidelity: ``clip`` when given, else the model's default."""
     from neuromem.generation.pipeline import TINY
 
     return clip or (TINY_CLIP if model == TINY else DEFAULT_CLIP)
+
+
+def seeds_for(model: str, seeds: tuple[int, ...] | None = None) -> list[int]:
+    """The noise seeds drawn for every prompt: ``seeds`` when given, else the model's default."""
+    from neuromem.generation.pipeline import TINY
+
+    return list(seeds or (TINY_SEEDS if model == TINY else DEFAULT_SEEDS))
 
 
 @torch.no_grad()
@@ -158,6 +170,7 @@ def evaluate(
                 bar.update(len(chunk))
             scores[label] = {name: np.concatenate(values) for name, values in parts.items()}
     rows = [{"prompt": prompt_of[i], "seed": seed_of[i],
+             "png": f"p{prompts.index(prompt_of[i]):03d}_seed{seed_of[i]}.png",
              **{f"{label}_{k}": float(v[i]) for label in scores for k, v in scores[label].items()}}
             for i in range(len(prompt_of))]
     return {
@@ -201,15 +214,21 @@ def summarise(base: dict[str, np.ndarray], lora: dict[str, np.ndarray]) -> dict[
     return summary
 
 
-def grid_png(base_b3hw: torch.Tensor, lora_b3hw: torch.Tensor) -> bytes:
-    """PNG bytes with one row per image: base on the left, LoRA on the right."""
+def png_bytes(image_3hw: torch.Tensor) -> bytes:
+    """One ``(3, H, W)`` image in ``[0, 1]`` as 8-bit PNG bytes."""
     from PIL import Image
 
-    rows_bhw3 = torch.cat([base_b3hw, lora_b3hw], dim=-1).permute(0, 2, 3, 1)
-    grid_hw3 = (rows_bhw3.reshape(-1, *rows_bhw3.shape[2:]).clamp(0, 1) * 255).round()
     buffer = io.BytesIO()
-    Image.fromarray(grid_hw3.to(torch.uint8).numpy()).save(buffer, format="PNG")
+    pixels_hw3 = (image_3hw.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+    Image.fromarray(pixels_hw3.numpy()).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def grid_png(base_b3hw: torch.Tensor, lora_b3hw: torch.Tensor) -> bytes:
+    """PNG bytes with one row per image: base on the left, LoRA on the right."""
+
+    rows_b3hw = torch.cat([base_b3hw, lora_b3hw], dim=-1)  # base | LoRA side by side
+    return png_bytes(torch.cat(list(rows_b3hw), dim=1))  # rows stacked vertically
 
 
 def report_lines(evaluation: dict[str, Any]) -> list[str]:
@@ -255,3 +274,6 @@ def write_report(evaluation: dict[str, Any], base_b3hw: torch.Tensor, lora_b3hw:
     write_text(join_uri(out, "per_image.csv"), pd.DataFrame(evaluation["images"]).to_csv(index=False))
     write_text(join_uri(out, "report.md"), "\n".join(report_lines(evaluation)))
     write_bytes(join_uri(out, "grid.png"), grid_png(base_b3hw, lora_b3hw))
+    for row, base_3hw, lora_3hw in zip(evaluation["images"], base_b3hw, lora_b3hw, strict=True):
+        for label, image_3hw in (("base", base_3hw), ("lora", lora_3hw)):
+            write_bytes(join_uri(out, label, row["png"]), png_bytes(image_3hw))

@@ -50,7 +50,6 @@ from neuromem.errors import InputError
 from neuromem.generation.blur import gaussian_blur
 from neuromem.generation.pipeline import SCHEDULERS
 
-
 #: Gradient paths of the guidance update (module docstring).
 GRAD_PATHS = ("x0", "unet")
 

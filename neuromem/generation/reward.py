@@ -355,13 +355,17 @@ class CompositeReward(torch.nn.Module):
     ----------
     encoder : callable
         A :class:`neuromem.encoders.base.BrainEncoder` (or any module mapping ``images_b3hw`` in
-        ``[0, 1]`` to ``responses_bv`` ``(B, 20484)``; ``trunc_layer`` is passed when given).
+        ``[0, 1]`` to ``responses_bv`` ``(B, 20484)``; ``trunc_layer`` and ``surrogate_layer``
+        are passed when given).
     reducer : callable
         A :class:`neuromem.cortex.reduce.RoiReducer`: ``(B, 20484)`` → ``(B, R_all)`` with
         ``column_names`` ``["roi_FFA", ...]``; must contain every ROI of ``spec``.
     spec : RewardSpec
     trunc_layer : int or None
-        Gradient truncation depth passed to the encoder (value unchanged).
+        Depth where the encoder's gradient path stops (value unchanged).
+    surrogate_layer : int or None
+        Depth of the encoder's straight-through surrogate gradient (CLIP probes; value
+        unchanged); see :mod:`neuromem.encoders.base`.
     """
 
     def __init__(
@@ -370,12 +374,20 @@ class CompositeReward(torch.nn.Module):
         reducer: Callable[[torch.Tensor], torch.Tensor],
         spec: RewardSpec,
         trunc_layer: int | None = None,
+        surrogate_layer: int | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.reducer = reducer
         self.spec = spec
-        self.trunc_layer = trunc_layer
+        self.gradient = {name: value for name, value in (("trunc_layer", trunc_layer),
+                                                         ("surrogate_layer", surrogate_layer))
+                         if value is not None}
+        if surrogate_layer is not None:
+            if trunc_layer is not None:
+                raise InputError("give trunc_layer (stop the gradient path) or surrogate_layer "
+                                 "(straight-through surrogate), not both")
+            encoder.check_surrogate_layer(surrogate_layer)
         names = [roi_name(c) for c in reducer.column_names]
         missing = [r for r in spec.rois if r not in names]
         if missing:
@@ -390,11 +402,7 @@ class CompositeReward(torch.nn.Module):
 
     def roi_responses(self, images_b3hw: torch.Tensor) -> torch.Tensor:
         """Mean response in every ROI of the reducer, shape ``(B, R_all)``."""
-        if self.trunc_layer is None:
-            responses_bv = self.encoder(images_b3hw)
-        else:
-            responses_bv = self.encoder(images_b3hw, trunc_layer=self.trunc_layer)
-        return self.reducer(responses_bv)
+        return self.reducer(self.encoder(images_b3hw, **self.gradient))
 
     def from_roi_responses(self, roi_responses_br: torch.Tensor) -> torch.Tensor:
         """The reward ``(B,)`` from :meth:`roi_responses` output ``(B, R_all)``."""
@@ -413,6 +421,7 @@ def build_composite_reward(
     device: str | torch.device = "cpu",
     roi_set: str = "default",
     trunc_layer: int | None = None,
+    surrogate_layer: int | None = None,
 ) -> CompositeReward:
     """Load an encoder by spec and an ROI set by name or path, and wrap them in the reward.
 
@@ -424,8 +433,9 @@ def build_composite_reward(
     device : str or torch.device
     roi_set : str
         ``"default"`` or a ROI-set YAML path (:func:`neuromem.cortex.rois.load_roi_set`).
-    trunc_layer : int or None
-        Gradient truncation depth of the encoder.
+    trunc_layer, surrogate_layer : int or None
+        Gradient truncation or straight-through surrogate depth of the encoder
+        (:class:`CompositeReward`).
 
     Returns
     -------
@@ -437,7 +447,8 @@ def build_composite_reward(
     from neuromem.encoders import load_encoder
 
     brain = load_encoder(encoder, device=device)
-    reward = CompositeReward(brain, RoiReducer(load_roi_set(roi_set)), spec, trunc_layer)
+    reward = CompositeReward(brain, RoiReducer(load_roi_set(roi_set)), spec, trunc_layer,
+                             surrogate_layer)
     reward = reward.to(device).eval()
     reward.requires_grad_(False)
     return reward

@@ -4,6 +4,7 @@
 - :mod:`.image_map`: the one image-map engine (rows naming images → a model on an actor pool →
   rows or Parquet parts, bad images isolated in an errors table).
 - :mod:`.train`: Ray Train wiring shared by the training jobs.
+- :mod:`.progress`: progress made inside Ray tasks and workers, relayed to the driver's bar.
 - one module per job (``score``, ``annotate`` for ``assess`` and ``label-categories``, ``layers``,
   ``train_memnet``, ``decode`` ...): its typed config and the function ``pipelines/`` calls.
 

@@ -10,17 +10,21 @@ sign coherence and spin tests. Writes ``results.json`` (:mod:`neuromem.analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from neuromem.analysis.correlation import N_BOOTSTRAP
-from neuromem.analysis.vertexwise import VertexMoments
+from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
+from neuromem.analysis.vertexwise import Controls, GroupedVertexMoments, VertexMoments
 from neuromem.errors import InputError, UnknownNameError
 from neuromem.runtime.config import JobConfig
-from neuromem.runtime.progress import StageTimer
+from neuromem.runtime.progress import StageTimer, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +56,17 @@ class DecomposeConfig(JobConfig):
         Seed of bootstraps and spins.
     bootstrap : int
         Resamples of the Spearman BCa interval (0: none).
+    spearman_ci : str
+        ``auto`` (analytic from 2,000 rows, BCa below), ``analytic`` or ``bootstrap``
+        (:func:`neuromem.analysis.correlation.spearman`).
     rois : str
         ROI set giving each ROI's vertices.
     ray : bool
         Run the vertex pass as Ray tasks, one per file.
     address : str or None
         Ray cluster address.
+    no_progress : bool
+        No progress bars (ROI statistics, vertex pass, spin test).
     """
 
     tables: tuple[str, ...]
@@ -69,9 +78,11 @@ class DecomposeConfig(JobConfig):
     spins: int = 1000
     seed: int = 0
     bootstrap: int = N_BOOTSTRAP
+    spearman_ci: str = "auto"
     rois: str = "default"
     ray: bool = False
     address: str | None = None
+    no_progress: bool = False
     covariate_list: list[str] = field(default_factory=list, init=False, repr=False,
                                       compare=False)
 
@@ -83,6 +94,7 @@ class DecomposeConfig(JobConfig):
     def check(self) -> None:
         """Raise :class:`InputError` for values no run can use."""
         self.require_at_least(0, "spins")
+        self.require_choice("spearman_ci", SPEARMAN_CI_METHODS)
         if self.bootstrap and self.bootstrap < 100:
             raise InputError(f"--bootstrap must be 0 (no interval) or at least 100 resamples, "
                              f"got {self.bootstrap}")
@@ -104,6 +116,10 @@ class DecomposeSummary:
     n_rois: int
     strongest: list[tuple[str, float]]
     timing: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def format(self) -> str:
         lines = [f"decomposed {self.n_images} images over {self.n_rois} ROIs; wrote "
@@ -115,8 +131,10 @@ class DecomposeSummary:
         return "\n".join(lines)
 
 
-def vertex_moments_ray(dataset, memorability: str) -> VertexMoments:
-    """Map: one Ray task per file computes its moments; reduce: merge on the driver."""
+def vertex_moments_ray(dataset, memorability: str, *, controls: Controls | None = None,
+                       progress: bool = True) -> VertexMoments | GroupedVertexMoments:
+    """Map: one Ray task per file computes its moments; reduce: merge on the driver (in file
+    order, whatever order the tasks finish in)."""
     import ray
 
     from neuromem.analysis.vertexwise import merge_all, vertex_moments
@@ -124,27 +142,89 @@ def vertex_moments_ray(dataset, memorability: str) -> VertexMoments:
     filesystem = dataset.filesystem
 
     @ray.remote(num_cpus=1)
-    def file_moments(path: str) -> VertexMoments:
-        return vertex_moments(path, memorability, filesystem=filesystem, n_threads=1)
+    def file_moments(path: str) -> VertexMoments | GroupedVertexMoments:
+        return vertex_moments(path, memorability, controls=controls, filesystem=filesystem,
+                              n_threads=1)
 
     files = sorted(dataset.files)
     log.info("vertex pass: %d Ray tasks", len(files))
-    return merge_all(ray.get([file_moments.remote(f) for f in files]))
+    refs = [file_moments.remote(f) for f in files]
+    pending = list(refs)
+    with progress_bar(len(refs), desc="vertex pass (Ray)", unit="file", enabled=progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    return merge_all(ray.get(refs))
+
+
+def vertex_moments_local(dataset, memorability: str, *, controls: Controls | None = None,
+                         progress: bool = True) -> VertexMoments | GroupedVertexMoments:
+    """One streaming pass over the table in this process, with a bar over rows."""
+    from neuromem.analysis.vertexwise import BLOCK_ROWS, moments_of_batches
+    from neuromem.scoring.table import VERTICES_COLUMN, iter_batches
+
+    extra = [] if controls is None else controls.columns
+    batches = iter_batches(dataset, columns=list(dict.fromkeys([VERTICES_COLUMN, memorability,
+                                                                  *extra])),
+                           batch_size=BLOCK_ROWS)
+    with progress_bar(dataset.count_rows(), desc="vertex pass", unit="row",
+                      enabled=progress) as bar:
+        return moments_of_batches(_counted(batches, bar), memorability, controls=controls)
+
+
+def _counted(batches, bar):
+    """The record batches, counting their rows on ``bar`` as they are read."""
+    for batch in batches:
+        yield batch
+        bar.update(batch.num_rows)
+
+
+def spin_cache_dir() -> Path:
+    """Where spin rotations are kept: ``$NEUROMEM_CACHE/spins`` (default ``~/.cache/neuromem``)."""
+    root = os.environ.get("NEUROMEM_CACHE") or Path.home() / ".cache" / "neuromem"
+    return Path(root) / "spins"
+
+
+def cached_spin_indices(n_spins: int, seed: int, *, on_spin=None) -> np.ndarray:
+    """:func:`neuromem.analysis.spin.spin_indices` of the fsaverage5 sphere, computed once per
+    ``(n_spins, seed)`` and kept as int16 (41 MB for 1,000 spins): reruns of an analysis, which
+    use the same rotations, skip the nearest-neighbour search. A damaged cache file is
+    recomputed."""
+    from neuromem.analysis.spin import spin_indices
+    from neuromem.cortex.surface import N_VERTICES, sphere_coords
+
+    path = spin_cache_dir() / f"fsaverage5_{n_spins}_seed{seed}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape == (n_spins, N_VERTICES):
+            if on_spin is not None:
+                for _ in range(n_spins):
+                    on_spin()
+            return cached.astype(np.int32)
+    except (OSError, ValueError):
+        pass
+    indices_sv = spin_indices(sphere_coords(), n_spins, seed, on_spin=on_spin)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(temp, indices_sv.astype(np.int16))
+        os.replace(temp, path)
+    except OSError as error:  # a read-only home: the run still works, uncached
+        log.info("spin rotations not cached (%s)", error)
+    return indices_sv
 
 
 def _ray_running() -> bool:
-    try:
-        import ray
-    except ImportError:
-        return False
-    return ray.is_initialized()
+    """Whether this process is connected to Ray (without importing Ray, which takes seconds)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     """Compute the decomposition and write its outputs (see the module docstring)."""
     from neuromem.analysis.agreement import agreement_records, agreement_summary, roi_agreement
     from neuromem.analysis.results import predictor_names, report_blocks, results_record
-    from neuromem.analysis.roi_stats import check_columns, roi_statistics
+    from neuromem.analysis.roi_stats import check_columns, numeric_column, roi_statistics
     from neuromem.runtime.provenance import versions
     from neuromem.runtime.storage import check_writable, staged_output, write_json
     from neuromem.scoring.table import VERTICES_COLUMN, open_table, read_metadata, roi_columns
@@ -165,9 +245,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         raise UnknownNameError(f"--vertices needs a {VERTICES_COLUMN!r} column in "
                                f"{config.tables[0]}; score the images with `neuromem score "
                                "--keep-vertices`")
-    check_writable(config.out)
-
-    frames, records = [], []
+    frames, frame_rois = [], []
     for i, dataset in enumerate(datasets):
         table_rois = roi_columns(dataset.schema)
         cols = [config.memorability, *([category] if category else []),
@@ -175,32 +253,43 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         check_columns(dataset.schema.names, cols, what=str(config.tables[i]))
         with timer.stage(f"read table {i + 1}"):
             frame = dataset.to_table(columns=cols).to_pandas()
-        usable = int(np.isfinite(frame[config.memorability].to_numpy(dtype=float)).sum())
+        usable = int(np.isfinite(numeric_column(frame, config.memorability)).sum())
         if usable < MIN_ROWS:
             raise InputError(f"{config.tables[i]}: {usable} of {len(frame)} rows have a finite "
                              f"{config.memorability!r}; a decomposition needs at least "
                              f"{MIN_ROWS} (is this the right --memorability column?)")
         frames.append(frame)
-        with timer.stage("ROI statistics"):
+        frame_rois.append(table_rois)
+    check_writable(config.out)  # every table is usable: only now make the output folder
+
+    records = []
+    for i, (frame, table_rois) in enumerate(zip(frames, frame_rois, strict=True)):
+        desc = "ROI statistics" + (f" of table {i + 1}" if len(datasets) > 1 else "")
+        with timer.stage("ROI statistics"), progress_bar(
+                len(table_rois), desc=desc, unit="ROI", enabled=not config.no_progress) as bar:
             records.append(roi_statistics(frame, table_rois, memorability=config.memorability,
                                           category=category, covariates=config.covariate_list,
-                                          seed=config.seed, n_resamples=config.bootstrap))
+                                          seed=config.seed, n_resamples=config.bootstrap,
+                                          spearman_ci=config.spearman_ci, on_roi=lambda _roi, bar=bar: bar.update()))
     primary_records = records[0]
     used_ray = config.vertices and (config.ray or _ray_running())
     predictors = predictor_names(list(config.tables), metadata)
 
     with staged_output(config.out) as out_dir:
         figures: list[tuple[str, str]] = []
+        vertex_maps = None
         if config.vertices:
-            figures += _vertex_statistics(config, primary, metadata[0], primary_records, notes,
-                                          out_dir, used_ray, timer)
+            figures, vertex_maps = _vertex_statistics(
+                config, primary, metadata[0], primary_records, notes, out_dir, used_ray, timer,
+                _controls(config, frames[0], category))
         agreement, summary = [], {}
         if len(datasets) > 1:
             table = roi_agreement(dict(zip(predictors, records, strict=True)))
             agreement, summary = agreement_records(table), agreement_summary(table)
         results = results_record(n_images=len(frames[0]), memorability=config.memorability,
                                  category=category, seed=config.seed, records=primary_records,
-                                 agreement=agreement, agreement_summary=summary)
+                                 agreement=agreement, agreement_summary=summary,
+                                 vertex_maps=vertex_maps)
         write_json(out_dir / "results.json", results)
         with timer.stage("figures and report"):
             figures = _roi_figures(config, frames[0], rois, primary_records, predictors[0],
@@ -215,17 +304,28 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     ranked = sorted((r for r in primary_records if r["pearson_r"] is not None),
                     key=lambda r: -abs(r["pearson_r"]))
     return DecomposeSummary(config.out, len(frames[0]), len(primary_records),
-                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format())
+                            [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format(),
+                            timer.to_dict())
+
+
+def _controls(config: DecomposeConfig, frame, category: str | None) -> Controls | None:
+    """What the partial vertex map controls for (None: nothing, no partial map)."""
+    if category is None and not config.covariate_list:
+        return None
+    levels = () if category is None else tuple(sorted(
+        {str(v) for v in frame[category].dropna().unique()}))
+    return Controls(category, levels, tuple(config.covariate_list))
 
 
 def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records: list[dict],
-                       notes: list[str], out_dir, used_ray: bool, timer: StageTimer
-                       ) -> list[tuple[str, str]]:
-    """Vertex map, sign coherence and spin tests into ``records``; returns the figures."""
+                       notes: list[str], out_dir, used_ray: bool, timer: StageTimer,
+                       controls: Controls | None) -> tuple[list[tuple[str, str]], dict]:
+    """Vertex maps (raw and, with controls, partial), sign coherence and spin tests into
+    ``records``; returns the figures and the ``vertex_maps`` record of ``results.json``."""
     from neuromem.analysis.report import plot_coherence_histograms
     from neuromem.analysis.roi_stats import add_family_q
     from neuromem.analysis.spin import spin_test
-    from neuromem.analysis.vertexwise import roi_sign_coherence, vertex_moments
+    from neuromem.analysis.vertexwise import mask_record, mask_unlabelled, roi_sign_coherence
     from neuromem.cortex.plotting import plot_surface_map
     from neuromem.cortex.rois import load_roi_set
     from neuromem.jobs.session import ray_session
@@ -233,12 +333,27 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     with timer.stage("vertex pass"):
         if used_ray:
             with ray_session(config.address):
-                moments = vertex_moments_ray(primary, config.memorability)
+                moments = vertex_moments_ray(primary, config.memorability, controls=controls,
+                                             progress=not config.no_progress)
         else:
-            moments = vertex_moments(primary, config.memorability)
-    r_v = moments.pearson_r()
-    np.save(out_dir / "vertex_r.npy", r_v.astype(np.float32))
+            moments = vertex_moments_local(primary, config.memorability, controls=controls,
+                                           progress=not config.no_progress)
+    raw = moments if controls is None else moments.pooled()
+    maps = {"": raw.pearson_r()}
+    np.save(out_dir / "vertex_r.npy", maps[""].astype(np.float32))
+    record: dict[str, Any] = {"raw": {"file": "vertex_r.npy", "statistic": "Pearson r"}}
+    if controls is not None:
+        maps["partial_"] = moments.partial_r()
+        np.save(out_dir / "vertex_partial_r.npy", maps["partial_"].astype(np.float32))
+        record["partial"] = {
+            "file": "vertex_partial_r.npy",
+            "statistic": "partial Pearson r (one-hot category and covariates partialled out)",
+            "category": controls.category, "levels": list(controls.levels),
+            "covariates": list(controls.covariates),
+            "n_rows": int(moments.n_gv[:-1].sum(0).max()),
+        }
     roi_set = load_roi_set(config.rois)
+    record["mask"] = mask_record(roi_set.labelled_v, roi_set.atlas)
     roi_names = [r["roi"] for r in records]
     roi_idx = {r: roi_set.indices[r] for r in roi_names if r in roi_set.indices}
     table_rois = metadata.get("rois") or {}
@@ -249,30 +364,47 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
     missing = [r for r in roi_names if r not in roi_idx]
     if missing:
         notes.append(f"No vertices known for ROIs {missing} in ROI set `{config.rois}`.")
-    coherence = roi_sign_coherence(r_v, roi_idx)
-    with timer.stage("spin test"):
-        spins = (spin_test(r_v, roi_idx, n_spins=config.spins, seed=config.seed)
-                 if config.spins else {})
-    for record in records:
-        roi = record["roi"]
+    indices_sv = None
+    if config.spins:
+        with timer.stage("spin test"), progress_bar(config.spins, desc="spin test",
+                                                    unit="spin",
+                                                    enabled=not config.no_progress) as bar:
+            indices_sv = cached_spin_indices(config.spins, config.seed, on_spin=bar.update)
+    figures = []
+    for prefix, map_v in maps.items():
+        masked_v = mask_unlabelled(map_v, roi_set.labelled_v)
+        _add_vertex_records(records, prefix, roi_sign_coherence(masked_v, roi_idx),
+                            {} if indices_sv is None else
+                            spin_test(masked_v, roi_idx, indices_sv=indices_sv))
+        for p_key in ("mean_r", "coherence"):
+            add_family_q(records, f"{prefix}spin_p_{p_key}", f"{prefix}spin_q_{p_key}")
+        what = "partial r" if prefix else "r"
+        with timer.stage("figures and report"):
+            figures.append((plot_surface_map(
+                map_v, out_dir / f"vertex_{prefix}r.png", roi_set=roi_set,
+                title=f"vertex {what} with {config.memorability}").name,
+                f"Vertex {what} with memorability (inflated fsaverage5)"))
+            if roi_idx:
+                figures.append((plot_coherence_histograms(
+                    masked_v, roi_idx, out_dir / f"coherence{'_partial' if prefix else ''}.png"
+                ).name, f"Vertex {what} within each ROI (medial wall left out)"))
+    return figures, record
+
+
+def _add_vertex_records(records: list[dict], prefix: str, coherence: dict, spins: dict) -> None:
+    """Sign coherence and spin p of one vertex map into the ROI records (keys ``prefix...``)."""
+
+    def value(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    for rec in records:
+        roi = rec["roi"]
         if roi in coherence:
-            neg, pos = coherence[roi]
-            record["frac_vertices_negative"] = None if np.isnan(neg) else neg
-            record["frac_vertices_positive"] = None if np.isnan(pos) else pos
+            rec[f"{prefix}frac_vertices_negative"] = value(coherence[roi][0])
+            rec[f"{prefix}frac_vertices_positive"] = value(coherence[roi][1])
         if roi in spins:
-            spin = spins[roi]
-            record["spin_p_mean_r"] = None if np.isnan(spin.p_mean_r) else spin.p_mean_r
-            record["spin_p_coherence"] = (None if np.isnan(spin.p_coherence)
-                                          else spin.p_coherence)
-    add_family_q(records, "spin_p_mean_r", "spin_q_mean_r")
-    add_family_q(records, "spin_p_coherence", "spin_q_coherence")
-    figures = [(plot_surface_map(r_v, out_dir / "vertex_r.png", roi_set=roi_set,
-                                 title=f"vertex r with {config.memorability}").name,
-                "Vertex r with memorability (inflated fsaverage5)")]
-    if roi_idx:
-        figures.append((plot_coherence_histograms(r_v, roi_idx, out_dir / "coherence.png").name,
-                        "Vertex r within each ROI"))
-    return figures
+            rec[f"{prefix}spin_p_mean_r"] = value(spins[roi].p_mean_r)
+            rec[f"{prefix}spin_p_coherence"] = value(spins[roi].p_coherence)
 
 
 def _roi_figures(config: DecomposeConfig, frame, rois: list[str], records: list[dict],

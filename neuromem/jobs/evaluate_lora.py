@@ -42,8 +42,8 @@ class EvaluateLoraConfig(JobConfig):
         Score table of the same encoder and ROI set for ROI means and stds.
     prompts : str or None
         Prompt file (None: :data:`~neuromem.generation.prompts.HELD_OUT_PROMPTS`).
-    seeds : tuple of int
-        Noise seeds; every prompt is drawn with each.
+    seeds : tuple of int or None
+        Noise seeds; every prompt is drawn with each (None: 0 for ``tiny``, else 0 to 3).
     inference_steps : int or None
         DDIM steps; None: 4 for ``tiny``, else 50.
     cfg_scale : float
@@ -69,7 +69,7 @@ class EvaluateLoraConfig(JobConfig):
     score_table: str | None = None
     rois: str | None = None
     prompts: str | None = None
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    seeds: tuple[int, ...] | None = None
     inference_steps: int | None = None
     cfg_scale: float = 7.5
     size: int | None = None
@@ -80,7 +80,8 @@ class EvaluateLoraConfig(JobConfig):
     no_progress: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seeds", tuple(self.seeds or ()))
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(self.seeds))
 
     def check(self) -> None:
         """Raise :class:`InputError` for values no run can use (before any model loads)."""
@@ -91,7 +92,7 @@ class EvaluateLoraConfig(JobConfig):
         self.require_at_least(8, "size")
         self.require_choice("assessor", ASSESSORS)
         self.require_choice("correlation", CORRELATIONS)
-        if not self.seeds:
+        if self.seeds == ():
             raise InputError("--seeds needs at least one seed")
         if self.cfg_scale < 0:
             raise InputError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
@@ -117,7 +118,7 @@ def run_evaluate_lora(config: EvaluateLoraConfig, argv: list[str] | None = None)
         local_checkpoint,
         read_run_record,
     )
-    from neuromem.generation.evaluation import clip_for, evaluate, write_report
+    from neuromem.generation.evaluation import clip_for, evaluate, seeds_for, write_report
     from neuromem.generation.pipeline import inference_steps_for
     from neuromem.generation.prompts import HELD_OUT_PROMPTS, read_prompts
     from neuromem.runtime.device import resolve_device
@@ -135,8 +136,12 @@ def run_evaluate_lora(config: EvaluateLoraConfig, argv: list[str] | None = None)
         if encoder is None:
             raise InputError("no --encoder given and the checkpoint has no run.json naming one")
         rois = config.rois or trained.get("rois") or "default"
+        if trained.get("model") not in (None, config.model):
+            raise InputError(f"the LoRA in {checkpoint} was trained on --model "
+                             f"{trained['model']!r}, not {config.model!r}: evaluate it on the "
+                             "model it adapts")
         evaluation, base_b3hw, lora_b3hw = evaluate(
-            model=config.model, lora_dir=folder, prompts=prompts, seeds=list(config.seeds),
+            model=config.model, lora_dir=folder, prompts=prompts, seeds=seeds_for(config.model, config.seeds),
             encoder=encoder, reward=reward_record(config, trained, encoder, rois), roi_set=rois,
             num_inference_steps=inference_steps_for(config.model, config.inference_steps),
             guidance_scale=config.cfg_scale, size=config.size,

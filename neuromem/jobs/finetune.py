@@ -57,8 +57,9 @@ class FinetuneConfig(TrainJobConfig):
         Score table of the same encoder and ROI set giving each ROI's mean and std.
     rois : str
         ROI set.
-    trunc_layer : int or None
-        Encoder gradient truncation depth.
+    trunc_layer, surrogate_layer : int or None
+        Encoder depth where the gradient path stops, or of the straight-through surrogate
+        (CLIP probes); :class:`~neuromem.generation.reward.CompositeReward`.
     prompts : str or None
         Prompt file (None: :data:`~neuromem.generation.prompts.TRAINING_PROMPTS`).
     batch_size : int or None
@@ -102,6 +103,7 @@ class FinetuneConfig(TrainJobConfig):
     score_table: str | None = None
     rois: str = "default"
     trunc_layer: int | None = None
+    surrogate_layer: int | None = None
     prompts: str | None = None
     batch_size: int | None = None
     method: str = "draft1"
@@ -147,6 +149,9 @@ class FinetuneConfig(TrainJobConfig):
             raise InputError(f"--batch-size {self.global_batch} must be a multiple of "
                              f"--workers {self.workers}")
         self.draft_settings()  # checks k against the denoising steps
+        if self.trunc_layer is not None and self.surrogate_layer is not None:
+            raise InputError("give --trunc-layer (stop the gradient path) or --surrogate-layer "
+                             "(straight-through surrogate), not both")
 
     def draft_settings(self):
         """The :class:`~neuromem.generation.draft.DraftSettings` (size None: the model's)."""
@@ -189,7 +194,8 @@ def loop_config(config: FinetuneConfig) -> dict[str, Any]:
         "prompts": read_prompts(config.prompts, TRAINING_PROMPTS), "steps": config.steps,
         "global_batch": config.global_batch, "seed": config.seed,
         "checkpoint_every": config.checkpoint_every, "rois": config.rois,
-        "trunc_layer": config.trunc_layer, "dtype": config.dtype, "pid_dir": config.pid_dir,
+        "trunc_layer": config.trunc_layer, "surrogate_layer": config.surrogate_layer,
+        "dtype": config.dtype, "pid_dir": config.pid_dir,
     }
 
 
@@ -262,7 +268,8 @@ def setup_worker(config: dict[str, Any], device) -> WorkerState:
     broadcast_parameters(params)
     spec = RewardSpec.from_dict(config["reward"])
     reward = build_composite_reward(config["encoder"], spec, device=device,
-                                    roi_set=config["rois"], trunc_layer=config["trunc_layer"])
+                                    roi_set=config["rois"], trunc_layer=config["trunc_layer"],
+                                    surrogate_layer=config.get("surrogate_layer"))
     return WorkerState(pipe, params, reward, make_optimizer(params, settings), settings, spec)
 
 
@@ -301,7 +308,7 @@ def train_loop(config: dict[str, Any]) -> None:
             start, history = read_checkpoint(folder, state.pipe.unet, state.optimizer, device)
         logger.info("rank %d resumed at step %d", rank, start)
     progress = WorkerProgress(config)
-    progress.reach(start)
+    progress.start(start)
 
     for step in range(start, config["steps"]):
         tic = time.perf_counter()

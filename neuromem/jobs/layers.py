@@ -296,39 +296,86 @@ def extract(config: LayersConfig, spec: str, folder: str, rows: pd.DataFrame,
                                      time.perf_counter() - start, result.steady.to_dict())
 
 
+class _RoiCounter:
+    """Inside a task: tells the driver's bar, through ``relay``, that one more ROI is done."""
+
+    def __init__(self, relay) -> None:
+        self.relay, self.last = relay, None
+
+    def __call__(self, roi: str) -> None:
+        if self.relay is not None:
+            self.last = self.relay.advance.remote(1)
+
+    def flush(self) -> None:
+        """Wait until the relay has counted every ROI (an actor runs one caller's calls in
+        order), so the count is complete when the task returns."""
+        if self.last is not None:
+            import ray
+
+            ray.get(self.last)
+
+
 def analyse_task(folder: str, layer: dict[str, Any], targets: ScanTargets,
-                 cka_kind: str) -> dict[str, Any]:
-    """Ray task: read one layer and analyse it."""
+                 cka_kind: str, relay=None) -> dict[str, Any]:
+    """Ray task: read one layer and analyse it (each ROI done advances ``relay``)."""
     from neuromem.representations.scan import analyse_layer
 
     ids, x_nf = read_layer(folder, layer["name"], layer["n_features"])
-    return analyse_layer(ids, x_nf, layer, targets, cka_kind=cka_kind)
+    counter = _RoiCounter(relay)
+    result = analyse_layer(ids, x_nf, layer, targets, cka_kind=cka_kind, on_roi=counter)
+    counter.flush()
+    return result
 
 
 def compare_task(folder_a: str, folder_b: str, layer: dict[str, Any], targets: ScanTargets,
-                 cka_kind: str) -> dict[str, Any]:
-    """Ray task: read one layer of two networks and compare them."""
+                 cka_kind: str, relay=None) -> dict[str, Any]:
+    """Ray task: read one layer of two networks and compare them (each ROI advances ``relay``)."""
     from neuromem.representations.scan import compare_layer
 
     ids_a, x_a = read_layer(folder_a, layer["name"], layer["n_features"])
     ids_b, x_b = read_layer(folder_b, layer["name"], layer["n_features"])
-    return compare_layer(ids_a, x_a, ids_b, x_b, layer, targets, cka_kind=cka_kind)
+    counter = _RoiCounter(relay)
+    result = compare_layer(ids_a, x_a, ids_b, x_b, layer, targets, cka_kind=cka_kind,
+                           on_roi=counter)
+    counter.flush()
+    return result
 
 
-def _run_tasks(futures: list, records_of: list[dict[str, Any]], *, desc: str,
+#: Seconds between two reads of the ROIs done while layer tasks run.
+POLL_S = 0.5
+
+
+def _run_tasks(submit, jobs: list[tuple[tuple, dict[str, Any]]], *, n_rois: int, desc: str,
                progress: bool) -> list[dict[str, Any]]:
-    """Results of Ray tasks in submission order, with a progress bar as they finish."""
+    """Run one Ray task per job and return their records in job order, with a bar over
+    (layer, ROI) pairs that moves as each ROI of each layer is done.
+
+    ``submit(*args, relay)`` starts the task of a job ``(args, record)``; its result is merged
+    into ``record``. The bar counts ``n_rois + 1`` units per task: one per ROI (relayed from the
+    task by a :class:`~neuromem.jobs.progress.ProgressRelay`; a task returns once the relay has
+    counted its ROIs) and one when the task returns.
+    """
     import ray
 
+    from neuromem.jobs.progress import start_relay
+
+    relay = start_relay() if progress else None
+    futures = [submit(*args, relay) for args, _ in jobs]
     position = {ref: i for i, ref in enumerate(futures)}
     results: list[dict[str, Any] | None] = [None] * len(futures)
-    pending = list(futures)
-    with progress_bar(len(futures), desc=desc, unit="layer", enabled=progress) as bar:
+    pending, finished = list(futures), 0
+    with progress_bar(len(futures) * (n_rois + 1), desc=desc, unit="ROI",
+                      enabled=progress) as bar:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1,
+                                     timeout=POLL_S if relay is not None else None)
             for ref in done:
-                results[position[ref]] = {**records_of[position[ref]], **ray.get(ref)}
-                bar.update(1)
+                results[position[ref]] = {**jobs[position[ref]][1], **ray.get(ref)}
+            finished += len(done)
+            if relay is not None:
+                rois_done, _, _ = ray.get(relay.read.remote())
+                bar.set_postfix_str(f"{finished}/{len(futures)} layers", refresh=False)
+                bar.update(rois_done + finished - bar.n)
     return results
 
 
@@ -367,18 +414,17 @@ def run_layers(config: LayersConfig, argv: list[str] | None = None) -> LayersSum
                                  f"brain responses; at least {MIN_IMAGES} are needed")
             targets_ref = ray.put(targets)
             task = ray.remote(num_cpus=1)(analyse_task)
-            futures, records = [], []
-            for spec, layers in manifests.items():
-                for layer in layers:
-                    futures.append(task.remote(prepared.folders[spec], layer, targets_ref,
-                                               config.cka))
-                    records.append({"model": spec})
-            desc = f"analysing ({targets.brain.n_targets} targets)"
+            jobs = [((prepared.folders[spec], layer, targets_ref, config.cka), {"model": spec})
+                    for spec, layers in manifests.items() for layer in layers]
+            n_rois = len(targets.brain.targets)
+            desc = (f"analysing {len(jobs)} layers × {n_rois} ROIs "
+                    f"({targets.brain.n_targets} targets)")
             table = pd.DataFrame.from_records(
-                _run_tasks(futures, records, desc=desc, progress=not config.no_progress))
+                _run_tasks(task.remote, jobs, n_rois=n_rois, desc=desc,
+                           progress=not config.no_progress))
             compare = None
             if config.compare:
-                compare = _compare(config, manifests, prepared.folders, targets_ref)
+                compare = _compare(config, manifests, prepared.folders, targets_ref, n_rois)
     outputs = _write_outputs(config, table, compare, prepared.figure_roi,
                              targets.memorability is not None)
     summary = LayersSummary(config.out, len(config.network), len(table), len(kept),
@@ -393,25 +439,24 @@ def run_layers(config: LayersConfig, argv: list[str] | None = None) -> LayersSum
 
 
 def _compare(config: LayersConfig, manifests: dict, folders: dict[str, str],
-             targets_ref) -> pd.DataFrame:
+             targets_ref, n_rois: int) -> pd.DataFrame:
     """Layer-by-layer comparison of every pair of networks (shared layer names)."""
     import ray
 
     task = ray.remote(num_cpus=1)(compare_task)
     specs = list(manifests)
-    futures, records = [], []
+    jobs = []
     for i, spec_a in enumerate(specs):
         for spec_b in specs[i + 1:]:
             shared = {layer["name"] for layer in manifests[spec_b]}
-            for layer in manifests[spec_a]:
-                if layer["name"] in shared:
-                    futures.append(task.remote(folders[spec_a], folders[spec_b], layer,
-                                               targets_ref, config.cka))
-                    records.append({"model_a": spec_a, "model_b": spec_b})
-    if not futures:
+            jobs += [((folders[spec_a], folders[spec_b], layer, targets_ref, config.cka),
+                      {"model_a": spec_a, "model_b": spec_b})
+                     for layer in manifests[spec_a] if layer["name"] in shared]
+    if not jobs:
         raise InputError("--compare needs at least two networks that share layer names")
     return pd.DataFrame.from_records(
-        _run_tasks(futures, records, desc="comparing", progress=not config.no_progress))
+        _run_tasks(task.remote, jobs, n_rois=n_rois, desc=f"comparing {len(jobs)} layers",
+                   progress=not config.no_progress))
 
 
 def _write_outputs(config: LayersConfig, table: pd.DataFrame, compare: pd.DataFrame | None,

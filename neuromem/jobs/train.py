@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuromem.errors import InputError
+from neuromem.jobs.progress import start_relay
 from neuromem.runtime.config import JobConfig
 from neuromem.runtime.progress import progress_bar
 from neuromem.runtime.storage import join_uri
@@ -107,24 +108,12 @@ class WorkerProgress:
         if self.actor is not None:
             self.actor.reach.remote(done, postfix)
 
+    def start(self, done: int = 0) -> None:
+        """The loop is set up with ``done`` steps behind it (0, or a checkpoint's step): the
+        bar's clock starts now, so start-up time stays out of the rate and the ETA."""
+        if self.actor is not None:
+            self.actor.start.remote(done)
 
-class _ProgressRelay:
-    """Actor holding the steps done and the latest postfix."""
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.postfix: dict[str, Any] = {}
-
-    def advance(self, n: int, postfix: dict[str, Any]) -> None:
-        self.done += n
-        self.postfix.update(postfix)
-
-    def reach(self, done: int, postfix: dict[str, Any]) -> None:
-        self.done = max(self.done, done)
-        self.postfix.update(postfix)
-
-    def read(self) -> tuple[int, dict[str, Any]]:
-        return self.done, self.postfix
 
 
 def storage_path(out: str) -> str:
@@ -175,13 +164,12 @@ def fit(loop: Callable[[dict], None], config: dict[str, Any], *, workers: TrainW
     InputError
         When training ended without a checkpoint.
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     workers.check()
     gpus = workers.gpus()
-    relay = ray.remote(num_cpus=0)(_ProgressRelay).remote() if progress else None
+    relay = start_relay() if progress else None
     trainer = TorchTrainer(
         loop,
         train_loop_config={**config, PROGRESS_KEY: relay},
@@ -211,10 +199,14 @@ def _fit_with_bar(trainer, relay, total: int | None, desc: str, unit: str):
 
     def follow() -> None:
         with progress_bar(total, desc=desc, unit=unit) as bar:
-            shown = 0
+            shown, seen_starts = 0, 0
             while True:
                 stop = finished.wait(0.5)
-                done, postfix = ray.get(relay.read.remote())
+                done, postfix, starts = ray.get(relay.read.remote())
+                if starts > seen_starts:  # a loop (re)started: time the rate from here
+                    bar.reset(total)
+                    bar.initial = bar.n = shown = done
+                    seen_starts = starts
                 if done > shown:
                     bar.set_postfix(postfix, refresh=False)
                     bar.update(done - shown)

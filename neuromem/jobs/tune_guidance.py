@@ -54,6 +54,10 @@ class TuneGuidanceConfig(JobConfig):
     address: str | None = None
     no_progress: bool = False
 
+    def check(self) -> None:
+        """Raise :class:`InputError` for an output folder the search cannot write."""
+        self.require_local("out")
+
 
 def run_tune_guidance(config: TuneGuidanceConfig) -> dict[str, Any]:
     """Check the settings, run the search, write the outputs; returns the best trial's summary."""

@@ -19,6 +19,7 @@ Columns of one layer's record (``OUT/layers.parquet`` of ``neuromem layers``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,8 @@ def layer_record(layer: dict[str, Any]) -> dict[str, Any]:
 
 
 def analyse_layer(ids: list[str], x_nf: np.ndarray, layer: dict[str, Any],
-                  targets: ScanTargets, *, cka_kind: str = "debiased") -> dict[str, Any]:
+                  targets: ScanTargets, *, cka_kind: str = "debiased",
+                  on_roi: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Memorability read-out and brain similarity of one layer (columns in the module docstring).
 
     Parameters
@@ -69,6 +71,8 @@ def analyse_layer(ids: list[str], x_nf: np.ndarray, layer: dict[str, Any],
         The layer's manifest record (``name``, ``index``, ``depth_fraction``, ``n_features``).
     targets : ScanTargets
     cka_kind : {"debiased", "biased"}
+    on_roi : callable, optional
+        Called with each ROI once it is done (progress).
     """
     x_nf = np.asarray(x_nf, dtype=np.float64)
     result = layer_record(layer)
@@ -93,18 +97,22 @@ def analyse_layer(ids: list[str], x_nf: np.ndarray, layer: dict[str, Any],
                 result[f"predictivity_ceiled_{roi}"] = score.normalised
                 result[f"predictivity_ceiled_squared_{roi}"] = score.normalised_squared
             result[f"cka_{roi}"] = cka(x_brain, y_nt, cka_kind)
+            if on_roi is not None:
+                on_roi(roi)
     return result
 
 
 def compare_layer(ids_a: list[str], x_a: np.ndarray, ids_b: list[str], x_b: np.ndarray,
                   layer: dict[str, Any], targets: ScanTargets, *,
-                  cka_kind: str = "debiased") -> dict[str, Any]:
+                  cka_kind: str = "debiased",
+                  on_roi: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Two networks at one layer: CKA between them and the unique variance of each per ROI.
 
     ``unique_a_<ROI>`` is the median over the ROI's targets of the partial correlation of the
     responses with network A's cross-validated PLS predictions, controlling for B's
     (:func:`neuromem.representations.readout.unique_variance`); ``unique_b_<ROI>`` the reverse.
-    CKA is computed on the images both have.
+    CKA is computed on the images both have. ``on_roi`` is called with each ROI once it is done
+    (progress).
     """
     common = [i for i in ids_a if i in set(ids_b)]
     x_a = np.asarray(x_a, dtype=np.float64)[rows_of(ids_a, common)]
@@ -118,4 +126,6 @@ def compare_layer(ids_a: list[str], x_a: np.ndarray, ids_b: list[str], x_b: np.n
             pred_b = cross_validated_predictions(x_b[rows], y_nt, seed=targets.seed)
             result[f"unique_a_{roi}"] = float(np.nanmedian(unique_variance(y_nt, pred_a, pred_b)))
             result[f"unique_b_{roi}"] = float(np.nanmedian(unique_variance(y_nt, pred_b, pred_a)))
+            if on_roi is not None:
+                on_roi(roi)
     return result

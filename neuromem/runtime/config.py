@@ -20,7 +20,7 @@ from typing import Any, Self
 import yaml
 
 from neuromem.errors import InputError
-from neuromem.runtime.storage import read_text, to_jsonable
+from neuromem.runtime.storage import is_uri, read_text, to_jsonable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +91,15 @@ class JobConfig:
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+    def require_local(self, *names: str) -> None:
+        """Each named field (when not None) must be a local path, not a URI (for outputs that
+        only a local folder can take)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and is_uri(value):
+                raise InputError(f"--{name.replace('_', '-')} must be a local folder here, got "
+                                 f"{value}; write locally and copy the folder")
 
     def require_choice(self, name: str, choices: typing.Iterable[str]) -> None:
         """The named field must be one of ``choices``."""

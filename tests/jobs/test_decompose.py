@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pingouin as pg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +14,7 @@ from neuromem.analysis import vertex_pearson
 from neuromem.analysis.results import RESULT_KEYS
 from neuromem.cli import main
 from neuromem.cortex.rois import load_roi_set
+from neuromem.jobs import decompose as decompose_job
 from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_metadata
 
 ROIS = ["FFA", "RSC", "V1"]
@@ -92,6 +94,7 @@ def test_decompose_end_to_end(tables):
         "rois",
         "agreement",
         "agreement_summary",
+        "vertex_maps",
     ]
     assert "hemisphere family" in results["multiple_comparisons"]
     assert results["n_images"] == 90 and results["category_column"] == "category"
@@ -112,19 +115,37 @@ def test_decompose_end_to_end(tables):
     assert r_v[v] == pytest.approx(
         np.corrcoef(responses[:, v].astype(float), memorability)[0, 1], abs=1e-6
     )
+    # the medial wall (no atlas label) is recorded and left out; both maps get coherence and spins
+    maps = results["vertex_maps"]
+    labelled_v = load_roi_set("default").labelled_v
+    assert maps["mask"]["excluded_vertices"] == np.flatnonzero(~labelled_v).tolist()
+    assert maps["mask"]["n_excluded"] == 1712 and maps["mask"]["atlas"] == "glasser"
+    assert maps["partial"]["covariates"] == ["age"] and maps["partial"]["levels"] == [
+        "object", "scene"]
+    assert rsc["partial_frac_vertices_negative"] > 0.95
+    assert 0 < rsc["partial_spin_p_coherence"] <= 1 and rsc["partial_spin_q_mean_r"] is not None
+    partial_v = np.load(out / "vertex_partial_r.npy")
+    frame = pq.read_table(base / "tribe", columns=["memorability", "category", "age"]).to_pandas()
+    frame["x"] = responses[:, v].astype(float)
+    frame["scene"] = (frame.pop("category") == "scene").astype(float)
+    expected = pg.partial_corr(frame, "x", "memorability", covar=["scene", "age"])["r"].iloc[0]
+    assert partial_v[v] == pytest.approx(expected, abs=1e-5)
+    assert "1712 vertices with no glasser label" in (out / "report.md").read_text()
     agreement = {a["roi"]: a for a in results["agreement"]}
     assert agreement["FFA"]["signs_agree"] is True and agreement["RSC"]["signs_agree"] is False
     assert agreement["RSC"]["status"] == "disagree" and results["agreement_summary"]["agree"] >= 1
     assert 0 < rsc["spin_q_mean_r"] <= 1 and rsc["spearman_q"] is not None
+    assert rsc["spearman_ci_method"] == "bca_bootstrap_100"  # n = 90 < 2,000: the bootstrap
     assert set(agreement["RSC"]["r"]) == {"clip-probe:tiny#0", "clip-probe:tiny#1"}
     report = (out / "report.md").read_text()
     assert "NOT trained" in report and "n = 90" in report and "seed 5" in report
-    for png in ["roi_bars.png", "roi_scatter.png", "vertex_r.png", "coherence.png"]:
+    for png in ["roi_bars.png", "roi_scatter.png", "vertex_r.png", "coherence.png",
+                "vertex_partial_r.png", "coherence_partial.png"]:
         assert (out / png).stat().st_size > 1000 and f"({png})" in report
         assert f'src="{png}"' in (out / "report.html").read_text()
 
 
-def test_decompose_ray_map_reduce_matches_local(tables, ray_local):
+def test_decompose_ray_map_reduce_matches_local(tables, ray_local, capsys):
     base, _ = tables
     out = base / "out_ray"
     assert (
@@ -149,6 +170,7 @@ def test_decompose_ray_map_reduce_matches_local(tables, ray_local):
     results = json.loads((out / "results.json").read_text())
     assert results["agreement"] == [] and results["rois"][0]["spin_p_mean_r"] is None
     assert "ray" in (out / "report.md").read_text()
+    assert "vertex pass (Ray): 100%" in capsys.readouterr().err.replace("\r", "\n")  # 2 files
 
 
 def test_decompose_errors(tables, capsys):
@@ -177,7 +199,13 @@ def test_no_usable_rows_bad_options_and_unwritable_out_are_one_line(tables, tmp_
     assert main(["decompose", str(empty), "--out", str(out), "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "0 of 90 rows have a finite 'memorability'" in err and len(err.splitlines()) == 1
-    assert not (out / "results.json").exists()  # no report of empty rows
+    assert not out.exists()  # no report of empty rows, no empty output folder
+    assert main(["decompose", str(base / "tribe"), "--out", str(out), "--memorability",
+                 "category"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'category' must be numeric" in err and len(err.splitlines()) == 1
+    assert main(["decompose", str(base / "tribe"), str(empty), "--out", str(out)]) == 2
+    assert "0 of 90 rows" in capsys.readouterr().err and not out.exists()  # before any statistics
 
     assert main(["decompose", str(base / "tribe"), "--out", str(out), "--bootstrap", "1"]) == 2
     assert "--bootstrap must be 0" in capsys.readouterr().err
@@ -197,3 +225,20 @@ def test_decompose_writes_to_a_uri(tables, tmp_path):
     results = json.loads((target / "results.json").read_text())
     assert results["n_images"] == 90
     assert {"report.md", "report.html", "roi_bars.png"} <= {p.name for p in target.iterdir()}
+
+
+def test_long_stages_show_progress_with_rate_and_eta(tables, tmp_path, capsys, monkeypatch):
+    base, _ = tables
+    monkeypatch.setattr(decompose_job, "_ray_running", lambda: False)  # the local vertex pass
+    argv = ["decompose", str(base / "tribe"), "--out", str(tmp_path / "a"), "--vertices",
+            "--spins", "4", "--bootstrap", "100"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    bars = {line.split(":")[0].strip(): line for line in err.replace("\r", "\n").splitlines()
+            if "100%" in line}
+    assert {"ROI statistics", "vertex pass", "spin test"} <= set(bars), err
+    assert "3/3" in bars["ROI statistics"] and "90/90" in bars["vertex pass"]
+    assert "4/4" in bars["spin test"]
+    assert all("<" in line and ("/s" in line or "s/" in line) for line in bars.values())  # rate, ETA
+    assert main([*argv[:3], str(tmp_path / "b"), *argv[4:], "--no-progress"]) == 0
+    assert "100%" not in capsys.readouterr().err

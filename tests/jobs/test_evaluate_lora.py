@@ -49,7 +49,7 @@ def make_lora(folder) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=generator))
     save_lora(pipe.unet, folder)
     (folder / "run.json").write_text(json.dumps({
-        "encoder": "clip-probe:tiny", "reward": REWARD.to_dict(), "step": 3,
+        "model": "tiny", "encoder": "clip-probe:tiny", "reward": REWARD.to_dict(), "step": 3,
         "settings": {"method": "draft1"},
     }))
 
@@ -82,6 +82,10 @@ def test_evaluate_lora_report(tmp_path, capsys, monkeypatch):
     assert evaluation["encoder"] == "clip-probe:tiny"
     summary = evaluation["summary"]
     assert {"reward", "resmem", "clip_fidelity", "roi_FFA", "roi_RSC", "roi_lh_PPA"} <= set(summary)
+    # the LoRA adapts the model it was trained on: another --model is refused before loading
+    assert main(["evaluate-lora", "--model", "runwayml/stable-diffusion-v1-5", "--lora", "runs",
+                 "--out", "eval-other"]) == 2
+    assert "was trained on --model 'tiny'" in capsys.readouterr().err
     rows = pd.read_csv(out / "per_image.csv")
     assert list(zip(rows["prompt"], rows["seed"], strict=True)) == [
         (p, s) for p in PROMPTS for s in SEEDS
@@ -114,6 +118,12 @@ def test_evaluate_lora_report(tmp_path, capsys, monkeypatch):
 
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape == (4 * 64, 128, 3)
+    # every twin as its own file, the same name under base/ and lora/ (a game study's pairs)
+    names = sorted(p.name for p in (out / "base").iterdir())
+    assert len(names) == 4 and names == sorted(p.name for p in (out / "lora").iterdir())
+    first = json.loads((out / "evaluation.json").read_text())["images"][0]["png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "base" / first)), grid[:64, :64])
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "lora" / first)), grid[:64, 64:])
     expected_left = (base.permute(0, 2, 3, 1).reshape(-1, 64, 3) * 255).numpy()
     assert np.abs(grid[:, :64].astype(float) - expected_left).max() <= 1.0
     report = (out / "report.md").read_text()

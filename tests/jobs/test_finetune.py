@@ -156,6 +156,18 @@ def test_tiny_model_means_a_tiny_run(tmp_path):
     assert config["settings"]["num_inference_steps"] == 50
 
 
+def test_surrogate_layer_reaches_the_reward_and_excludes_truncation(tmp_path, capsys):
+    """--surrogate-layer means what it means for guide: the CLIP probe's straight-through
+    gradient (its --trunc-layer below full depth is refused, leaving no gradient path)."""
+    argv = ["finetune", "--model", "tiny", "--encoder", "clip-probe:tiny", "--steps", "1",
+            "--out", str(tmp_path / "runs")]
+    state = setup_worker(config_of([*argv, "--surrogate-layer", "2"]), torch.device("cpu"))
+    assert state.reward.gradient == {"surrogate_layer": 2}
+    assert main([*argv, "--trunc-layer", "2", "--surrogate-layer", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not both" in err and len(err.splitlines()) == 1
+
+
 def test_score_table_of_another_encoder_is_refused(tmp_path, capsys):
     """The reward's mean and std must come from the reward's own encoder and ROI set."""
     import pyarrow as pa

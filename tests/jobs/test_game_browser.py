@@ -113,6 +113,9 @@ def test_the_page_played_in_chromium_stores_every_response(tmp_path):
             page.click("#start")
             shown, order, pressed, code = _play(page, reload_at=8)
             assert code == "NM-BROWSER-OK"
+            page.reload()  # a reload of the last page shows the code again (no new session)
+            page.wait_for_selector("#done", state="visible")
+            assert page.inner_text("#code") == "NM-BROWSER-OK"
             # the reload resumed where the session was: at the interrupted trial when its
             # response was not sent yet, else at the next one; nothing restarted from 0
             resumed = order[9]

@@ -137,9 +137,17 @@ def test_compare_networks_layer_by_layer(scan, bare):
 
 def test_rerun_resumes_with_the_same_settings_and_refuses_others(scan, capsys):
     capsys.readouterr()
-    assert main(scan["argv"]) == 0
-    printed = capsys.readouterr().out
+    assert main([a for a in scan["argv"] if a != "--no-progress"]) == 0
+    printed, err = capsys.readouterr()
     assert "0 images extracted, 60 already done" in printed
+    # bars over (layer, ROI) pairs, moved from inside the tasks: 12 layers × (2 ROIs + 1), with
+    # rate and ETA
+    bars = [line for line in err.replace("\r", "\n").splitlines() if "100%" in line]
+    analysing = [b for b in bars if b.startswith("analysing 12 layers × 2 ROIs")]
+    comparing = [b for b in bars if b.startswith("comparing 6 layers")]
+    assert analysing and "36/36" in analysing[-1] and "12/12 layers" in analysing[-1], err
+    assert comparing and "18/18" in comparing[-1], err
+    assert all("ROI/s" in b or "s/ROI" in b for b in analysing + comparing)
     changed = [a if a != "256" else "128" for a in scan["argv"]]  # --max-features 128
     assert main(changed) == 2
     error = capsys.readouterr().err.strip()

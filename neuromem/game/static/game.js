@@ -57,8 +57,8 @@
         token: sessionStorage.getItem(storageKey), position: trial.position,
         responded: responded, rt_ms: responded ? rt : null});
     }
-    current = null;
-    sessionStorage.removeItem(storageKey);
+    current = null;   // the token stays: a reload of the last page shows the code again
+    $("intro").hidden = true;
     $("stage").hidden = true;
     $("done").hidden = false;
     $("code").textContent = trial.completion_code;

@@ -149,6 +149,10 @@ def test_roi_statistics_records(frame):
     assert [records[0]["pearson_q"], records[1]["pearson_q"]] == pytest.approx(list(q))
     assert set(records[1]["within_category"]) == {"animal", "object", "scene"}
     assert records[0]["partial_r"] is not None and len(records[0]["partial_ci"]) == 2
+    done = []
+    again = roi_statistics(frame, ["roi_A", "roi_B", "roi_flat"], covariates=["age"], seed=3,
+                           n_resamples=200, on_roi=done.append)
+    assert done == ["roi_A", "roi_B", "roi_flat"] and again == records  # progress only
     no_control = roi_statistics(frame, ["roi_B"], category=None, n_resamples=0)
     assert no_control[0]["partial_r"] is None and no_control[0]["within_category"] == {}
     assert no_control[0]["spearman_ci"] == [None, None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from neuromem.analysis import spin_indices, spin_test
 from neuromem.cortex.surface import N_VERTICES_HEMI, load_mesh, sphere_coords
@@ -57,6 +58,21 @@ def test_right_hemisphere_spins_as_the_mirror_of_the_left(sphere):
     np.testing.assert_array_equal(idx[:, H:] - H, idx[:, :H])
     assert not np.array_equal(idx[0], idx[1])  # different rotations
     np.testing.assert_array_equal(spin_indices(mirrored, 4, seed=3), idx)  # seeded
+
+
+def test_spin_indices_are_the_nearest_source_of_each_rotation_with_progress(sphere):
+    calls = []
+    idx = spin_indices(sphere, 3, seed=7, on_spin=lambda: calls.append(1))
+    assert len(calls) == 3  # one call per rotation, for the progress bar
+    rotations = Rotation.random(3, rng=np.random.default_rng(7)).as_matrix()
+    flip = np.diag([-1.0, 1.0, 1.0])
+    for s, rotation in enumerate(rotations):
+        for lo, turn in ((0, rotation), (H, flip @ rotation @ flip)):
+            coords = sphere[lo : lo + H]
+            rotated = coords @ turn.T
+            probe = np.random.default_rng(s).choice(H, 50, replace=False)
+            d2 = ((rotated[probe, None, :] - coords[None]) ** 2).sum(-1)
+            np.testing.assert_array_equal(idx[s, lo + probe], lo + d2.argmin(1))
 
 
 def test_strong_effect_aligned_to_an_roi_is_significant(sphere, spins):

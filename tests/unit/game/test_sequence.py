@@ -90,6 +90,9 @@ def test_bad_study_files_fail_with_one_clear_line(study, tmp_path):
         ({**raw, "sequence": {**SEQUENCE, "target_lag": [5, 2]}}, "target_lag"),
         ({**raw, "timing": {"image_ms": 600, "flash": 1}}, "unknown 'timing' keys"),
         ({"name": "x"}, "needs 'name' and a list of 'images'"),
+        # 10 pairs and 14 fillers: 24 showable images, 28 needed (both twins would be needed)
+        ({**raw, "images": raw["images"][:34], "sequence": {**SEQUENCE, "length": 40}},
+         "can show 24"),
     ]
     for document, message in cases:
         path = tmp_path / "bad.yaml"
@@ -97,3 +100,23 @@ def test_bad_study_files_fail_with_one_clear_line(study, tmp_path):
         with pytest.raises(InputError, match=message):
             load_study(path)
     assert load_study(tmp_path / "study.yaml").timing.image_ms == 600  # the defaults
+
+
+@pytest.mark.parametrize("n_fillers", [21, 22])
+def test_a_study_loads_exactly_when_its_sequences_can_be_built(tmp_path, n_fillers):
+    """A participant sees 44 - 8 targets - 4 vigilance = 32 distinct images, at most one of each
+    of the 10 pairs: 21 fillers are too few (31), 22 are enough, and then every draw builds."""
+    images = _images(tmp_path, n_fillers=n_fillers)
+    sequence = {**SEQUENCE, "length": 44}
+    if n_fillers == 21:
+        with pytest.raises(InputError, match="can show 31"):
+            make_study(tmp_path / "study.yaml", name="t", images=images, sequence=sequence)
+        return
+    study = make_study(tmp_path / "study.yaml", name="t", images=images, sequence=sequence)
+    pair_of = {i.image_id: i.pair for i in study.images}
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        trials = build_sequence(study, choose_targets(study.target_ids, {}, 8, rng, pair_of), rng)
+        assert len({t.image_id for t in trials}) == 32
+        paired = {t.image_id for t in trials if pair_of[t.image_id]}
+        assert len({pair_of[i] for i in paired}) == len(paired)  # never both twins

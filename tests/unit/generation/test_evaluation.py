@@ -17,6 +17,7 @@ from neuromem.generation.evaluation import (
     TINY_CLIP,
     clip_for,
     grid_png,
+    seeds_for,
     summarise,
     write_report,
 )
@@ -66,7 +67,9 @@ def test_report_files_go_to_a_uri(tmp_path):
     assert Image.open(out / "grid.png").size == (8, 8)
 
 
-def test_clip_follows_the_model():
+def test_clip_and_seeds_follow_the_model():
+    assert seeds_for("tiny") == [0] and seeds_for("/models/sd15") == [0, 1, 2, 3]
+    assert seeds_for("tiny", (5, 6)) == [5, 6]
     assert clip_for("tiny") == TINY_CLIP
     assert clip_for("runwayml/stable-diffusion-v1-5") == DEFAULT_CLIP
     assert clip_for("tiny", "open_clip:ViT-B-32@openai") == "open_clip:ViT-B-32@openai"

@@ -188,3 +188,30 @@ def test_composite_reward_on_the_tiny_probe_is_differentiable(tmp_path):
     assert not any(p.requires_grad for p in reward.parameters())
     with pytest.raises(UnknownNameError, match="XYZ"):
         CompositeReward(reward.encoder, reward.reducer, RewardSpec(weights={"XYZ": 1.0}))
+
+
+def test_composite_reward_passes_the_surrogate_layer_and_refuses_a_probe_truncation():
+    spec = load_reward_spec()
+    full = build_composite_reward("clip-probe:tiny", spec)
+    surrogate = build_composite_reward("clip-probe:tiny", spec, surrogate_layer=2)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def value_and_grad(reward):
+        pixels = images.clone().requires_grad_(True)
+        value = reward(pixels)
+        value.sum().backward()
+        return value.detach(), pixels.grad
+
+    value_full, grad_full = value_and_grad(full)
+    value_surrogate, grad_surrogate = value_and_grad(surrogate)
+    torch.testing.assert_close(value_surrogate, value_full)  # the value is the full probe's
+    pixels = images.clone().requires_grad_(True)  # the gradient is the encoder's surrogate one
+    surrogate.from_roi_responses(surrogate.reducer(
+        surrogate.encoder(pixels, surrogate_layer=2))).sum().backward()
+    torch.testing.assert_close(grad_surrogate, pixels.grad)
+    assert not torch.allclose(grad_surrogate, grad_full, rtol=1e-2)
+    with pytest.raises(InputError, match="no gradient path"):
+        build_composite_reward("clip-probe:tiny", spec, trunc_layer=2)(images)
+    with pytest.raises(InputError, match="not both"):
+        CompositeReward(full.encoder, full.reducer, spec, trunc_layer=4, surrogate_layer=2)
+

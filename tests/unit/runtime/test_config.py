@@ -53,3 +53,34 @@ def test_to_dict_and_replace():
     assert config.replace(steps=2).steps == 2
     with pytest.raises(InputError):
         config.replace(steps=-1)
+
+
+@pytest.mark.parametrize("command", ["fit-probes", "tune-guidance", "guide", "enhance",
+                                     "cross-eval"])
+def test_local_only_outputs_refuse_a_uri_in_one_line(command, capsys):
+    """A URI --out of a command that writes only locally would land in a folder named 's3:'."""
+    from neuromem.cli import build_parser
+    from neuromem.jobs.fit_probes import FitProbesConfig
+    from neuromem.jobs.guide import CrossEvalConfig, EnhanceConfig, GuideConfig
+    from neuromem.jobs.tune_guidance import TuneGuidanceConfig
+
+    configs = {"fit-probes": FitProbesConfig, "tune-guidance": TuneGuidanceConfig,
+               "guide": GuideConfig, "enhance": EnhanceConfig, "cross-eval": CrossEvalConfig}
+    args = build_parser([command]).parse_args(
+        [command, *_required(command), "--out", "s3://bucket/run"])
+    with pytest.raises(InputError, match="--out must be a local folder here, got s3://bucket/run"):
+        configs[command].from_args(args)
+
+
+def _required(command: str) -> list[str]:
+    """Smallest valid arguments of each command besides --out."""
+    return {
+        "fit-probes": ["table.parquet", "--model", "tiny"],
+        "tune-guidance": ["--config", "search.yaml"],
+        "guide": ["--model", "tiny", "--prompt", "x", "--target", "PPA:+1", "--encoder",
+                  "clip-probe:tiny", "--scale", "1"],
+        "enhance": ["image.png", "--model", "tiny", "--target", "PPA:+1", "--encoder",
+                    "clip-probe:tiny", "--scale", "1"],
+        "cross-eval": ["--model", "tiny", "--prompt", "x", "--guide-encoder", "clip-probe:tiny",
+                       "--eval-encoder", "tribev2:tiny", "--scale", "1"],
+    }[command]
