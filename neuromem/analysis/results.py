@@ -1,7 +1,8 @@
 """The decomposition's outputs: the ``results.json`` record and the report's content.
 
 ``results.json`` is a contract (``neuromem finetune --reward`` reads it, see
-:mod:`neuromem.generation.reward`): ``n_images``, ``memorability_column``, ``category_column``,
+:mod:`neuromem.generation.reward`): ``n_images`` (rows of the primary table with a finite
+memorability), ``memorability_column``, ``category_column``,
 ``seed``, ``rois`` (one record per ROI with the keys of :data:`RESULT_KEYS`, in order; the
 ``partial_frac_*``/``partial_spin_*`` keys describe the partial vertex map, None without
 controls), ``agreement`` (one record per ROI shared by several tables) and ``vertex_maps`` (None

@@ -286,7 +286,8 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         if len(datasets) > 1:
             table = roi_agreement(dict(zip(predictors, records, strict=True)))
             agreement, summary = agreement_records(table), agreement_summary(table)
-        results = results_record(n_images=len(frames[0]), memorability=config.memorability,
+        n_images = int(np.isfinite(numeric_column(frames[0], config.memorability)).sum())
+        results = results_record(n_images=n_images, memorability=config.memorability,
                                  category=category, seed=config.seed, records=primary_records,
                                  agreement=agreement, agreement_summary=summary,
                                  vertex_maps=vertex_maps)
@@ -303,7 +304,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
             write_report(out_dir, blocks, title="neuromem decomposition")
     ranked = sorted((r for r in primary_records if r["pearson_r"] is not None),
                     key=lambda r: -abs(r["pearson_r"]))
-    return DecomposeSummary(config.out, len(frames[0]), len(primary_records),
+    return DecomposeSummary(config.out, n_images, len(primary_records),
                             [(r["roi"], r["pearson_r"]) for r in ranked[:3]], timer.format(),
                             timer.to_dict())
 

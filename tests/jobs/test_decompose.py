@@ -242,3 +242,22 @@ def test_long_stages_show_progress_with_rate_and_eta(tables, tmp_path, capsys, m
     assert all("<" in line and ("/s" in line or "s/" in line) for line in bars.values())  # rate, ETA
     assert main([*argv[:3], str(tmp_path / "b"), *argv[4:], "--no-progress"]) == 0
     assert "100%" not in capsys.readouterr().err
+
+
+def test_n_images_counts_the_rows_with_a_memorability(tables, tmp_path):
+    base, _ = tables
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for k, part in enumerate(sorted((base / "tribe").glob("*.parquet"))):
+        table = pq.read_table(part)
+        values = table.column("memorability").to_numpy().copy()
+        if k == 0:
+            values[:30] = np.nan  # 30 of the 90 rows have no memorability
+        table = table.set_column(table.schema.get_field_index("memorability"), "memorability",
+                                 pa.array(values))
+        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
+                       partial / part.name)
+    out = tmp_path / "out"
+    assert main(["decompose", str(partial), "--out", str(out), "--bootstrap", "0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_images"] == 60 and all(r["n"] == 60 for r in results["rois"])
