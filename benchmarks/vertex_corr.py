@@ -66,12 +66,8 @@ def write_table(root: Path, n_rows: int, rows_per_file: int, seed: int = 0) -> d
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from neuromem.scoring.table import (
-        build_metadata,
-        parquet_write_options,
-        vertices_to_arrow,
-        write_metadata,
-    )
+    from neuromem.runtime.storage import parquet_write_options
+    from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_metadata
 
     rng = np.random.default_rng(seed)
     meta = build_metadata(
