@@ -5,9 +5,13 @@ For every encoder, images/s of
 - ``full``: ``encoder.roi_responses(images, reducer)`` — preprocessing, backbone, head and ROI
   reduction, what the scoring stage runs;
 - ``backbone``: the bare backbone on the same, already normalised pixels (open_clip image
-  tower; V-JEPA2 encoder on the 2-frame static clip);
+  tower; the V-JEPA2 encoder on the one window the ``static`` protocol computes: the image on
+  all of the window's frames, 64 at real size);
 
 and their ratio. The head + ROI reduction should cost at most 5 % (ratio ≥ 0.95) at real size.
+TRIBE v2 is measured with its ``static`` still-image protocol, whose backbone work is one window
+per image, so the ratio isolates the head; what each protocol costs (``paper`` computes 10
+windows per image) is measured by ``benchmarks/tribe_protocols.py``.
 
 Default: the tiny seeded encoders on CPU. ``--real-size``: open_clip ViT-B-32 + probe head and
 V-JEPA2 ViT-g + the released TRIBE v2 head layout, random weights, on the GPU in bfloat16.
@@ -39,31 +43,17 @@ from neuromem.encoders.clip_probe import ClipProbeEncoder, build_image_tower
 from neuromem.encoders.preprocessing import normalise
 from neuromem.encoders.tribe_head import FmriHead
 from neuromem.encoders.tribev2 import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    RELEASED_BACKBONE_CONFIG,
+    RELEASED_BUILD_ARGS,
+    RELEASED_CONFIG,
     TribeV2Encoder,
     feature_spec,
     head_config,
 )
 
 RESULTS = Path(__file__).parent / "results"
-
-# V-JEPA2 ViT-g (facebook/vjepa2-vitg-fpc64-256) and the released TRIBE v2 head layout.
-VITG_CONFIG = {
-    "crop_size": 256, "patch_size": 16, "frames_per_clip": 64, "tubelet_size": 2,
-    "hidden_size": 1408, "num_hidden_layers": 40, "num_attention_heads": 22,
-    "mlp_ratio": 48 / 11,
-}
-RELEASED_CONFIG = {
-    "data": {"frequency": 2, "layers_to_use": [0.5, 0.75, 1.0], "layer_aggregation": "group_mean",
-             "neuro": {"frequency": 1}},
-    "brain_model_config": {"hidden": 1152, "low_rank_head": 2048, "combiner": None,
-                           "encoder": {"depth": 8}, "subject_layers": {"subject_dropout": 0.1}},
-}
-RELEASED_BUILD_ARGS = {
-    "feature_dims": {"text": (2, 3072), "audio": (2, 1024), "video": (2, 1408)},
-    "n_outputs": N_VERTICES,
-}
+#: The TRIBE v2 protocol measured here (one backbone window per image).
+TRIBE_PROTOCOL = "static"
 
 
 def real_size_encoders(device: str) -> list[BrainEncoder]:
@@ -76,11 +66,12 @@ def real_size_encoders(device: str) -> list[BrainEncoder]:
             visual, torch.nn.Linear(visual.output_dim, N_VERTICES), spec="clip-probe:ViT-B-32-random",
             model_name="ViT-B-32", pretrained="", feature_norm="l2", trained=False, files=[],
         )
-        backbone = VJEPA2Model(VJEPA2Config(**VITG_CONFIG))
+        backbone = VJEPA2Model(VJEPA2Config(**RELEASED_BACKBONE_CONFIG))
         head = FmriHead(head_config(RELEASED_CONFIG, RELEASED_BUILD_ARGS, n_subject_rows=1))
-        features = feature_spec(RELEASED_CONFIG, VITG_CONFIG["num_hidden_layers"])
+        features = feature_spec(RELEASED_CONFIG, RELEASED_BACKBONE_CONFIG["num_hidden_layers"],
+                                RELEASED_BUILD_ARGS["n_output_timesteps"])
         tribe = TribeV2Encoder(backbone, head, features, spec="tribev2:vitg-random",
-                               trained=False, files=[])
+                               trained=False, files=[], protocol=TRIBE_PROTOCOL)
     # open_clip moves towers to the CPU even inside a device context: place both explicitly
     return [m.to(device).requires_grad_(False).eval() for m in (probe, tribe)]
 
@@ -91,12 +82,12 @@ def bare_backbone(encoder: BrainEncoder) -> Callable[[torch.Tensor], torch.Tenso
         return lambda images: encoder.visual(normalise(images, encoder.image_mean, encoder.image_std))
 
     def vjepa(images: torch.Tensor) -> torch.Tensor:
-        pixels = normalise(images, IMAGENET_MEAN, IMAGENET_STD)
-        clips = pixels[:, None].expand(-1, encoder.clip_frames, -1, -1, -1)
-        hidden = encoder.backbone.embeddings(clips)
+        pixels = encoder.preprocessing.normalise(images)
+        window = pixels[:, None].expand(-1, encoder.features_spec.num_frames, -1, -1, -1)
+        hidden = encoder.backbone.embeddings(window)
         for block in encoder.backbone.layer:
             hidden = block(hidden, None)[0]
-        return encoder.backbone.layernorm(hidden)
+        return hidden
 
     return vjepa
 
@@ -132,7 +123,7 @@ def measure(encoder: BrainEncoder, reducer: RoiReducer, args, device: str) -> di
     return {
         "encoder": encoder.spec,
         "input_size": size,
-        "clip_frames": encoder.clip_frames,
+        "protocol": encoder.protocol,
         "batch_size": args.batch_size,
         "images_per_s_full": round(full, 2),
         "images_per_s_backbone": round(bare, 2),
@@ -166,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_size:
         encoders = real_size_encoders(device)
     else:
-        encoders = [load_encoder(spec, device=device) for spec in ("clip-probe:tiny", "tribev2:tiny")]
+        encoders = [load_encoder("clip-probe:tiny", device=device),
+                    load_encoder("tribev2:tiny", device=device, protocol=TRIBE_PROTOCOL)]
     results = []
     for encoder in encoders:
         row = measure(encoder, reducer, args, device)

@@ -6,7 +6,7 @@
 # On a GPU machine (from the project root, after `source .devwhl/setup.sh`; see `make bench-gpu`)
 # it runs each benchmark at real size with random weights, each under its own time cap, and
 # writes one JSON file per part into DIR (default: benchmarks/results/gpu), plus suite.json with
-# each part's exit status and seconds. The caps add up to at most 8 minutes of run time.
+# each part's exit status and seconds. The caps add up to at most 9 minutes of run time.
 # --tiny runs every part at toy size on the CPU (the test suite does, so the script cannot rot).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +48,8 @@ if [ $tiny -eq 1 ]; then
   part draft 240 $py benchmarks/draft.py --steps 3 --warmup 1 --out "$out/draft.json"
   part vertex 120 $py benchmarks/vertex_corr.py --rows 2048 --naive-vertices 10 \
     --pandas-rows 256 --table "$work/vertex" --out "$out/vertex_corr.json"
+  part tribe_protocols 120 $py benchmarks/tribe_protocols.py --images 4 --batch-size 2 \
+    --repeats 1 --out "$out/tribe_protocols.json"
 else
   # encoder throughput at real size, random weights: ViT-B-32 probe and TRIBE v2's ViT-g
   part encoders 60 $py benchmarks/encoders.py --real-size --out "$out/encoders.json"
@@ -61,6 +63,11 @@ else
   # vertex-level statistics at LaMem size (CPU code: the figure shows what the GPU host adds)
   part vertex 40 $py benchmarks/vertex_corr.py --rows 58000 --cores 16 --table "$work/vertex" \
     --out "$out/vertex_corr.json"
+  # TRIBE v2 still-image protocols at real size (ViT-g, 64-frame windows): images/s and peak
+  # memory per protocol, one image's forward + backward with gradient checkpointing
+  part tribe_protocols 60 $py benchmarks/tribe_protocols.py --real-size --device cuda \
+    --images 8 --batch-size 8 --repeats 1 --checkpoint --no-agreement \
+    --out "$out/tribe_protocols.json"
 fi
 
 {

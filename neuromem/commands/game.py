@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     simulate.add_argument("--concurrency", type=int, default=50, help="participants at once")
     simulate.add_argument("--memorability", default=None, metavar="CSV",
                           help="true memorability per image (image_id,memorability); default: "
-                               "drawn from Beta(6, 4) with --seed, written to OUT")
+                               "drawn from Beta(6, 4) with --seed and written to "
+                               "true_memorability.csv beside STUDY")
     simulate.add_argument("--noise", type=float, default=0.5,
                           help="SD of each participant's log-odds bias")
     simulate.add_argument("--false-alarm", type=float, default=0.05,
@@ -204,18 +205,34 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def _study_responses(args: argparse.Namespace):
+    """The study and every stored response of it (one line when there is none yet)."""
     from neuromem.game import db
-    from neuromem.game.export import annotate_scores, export_human
     from neuromem.game.study import load_study
 
     study = load_study(args.study)
     responses = db.responses_frame(db.connect(args.db), study)
     if responses.empty:
         raise InputError(f"study {study.name} has no responses in this database yet")
-    record = export_human(responses, args.out, study=study.name, n_splits=args.splits,
-                          seed=args.seed, max_vigilance_miss=study.flags.max_vigilance_miss,
-                          max_false_alarm=study.flags.max_false_alarm)
+    return study, responses
+
+
+def _export(study, responses, out: str, *, n_splits: int = 100, seed: int = 0) -> dict:
+    """:func:`neuromem.game.export.export_human` with the study's flag thresholds, and its lags
+    corrected to the middle of its ``target_lag``."""
+    from neuromem.game.export import export_human
+
+    return export_human(responses, out, study=study.name, n_splits=n_splits, seed=seed,
+                        reference_lag=sum(study.sequence.target_lag) / 2,
+                        max_vigilance_miss=study.flags.max_vigilance_miss,
+                        max_false_alarm=study.flags.max_false_alarm)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from neuromem.game.export import annotate_scores
+
+    study, responses = _study_responses(args)
+    record = _export(study, responses, args.out, n_splits=args.splits, seed=args.seed)
     halves = record["split_half"]
     print(f"wrote {args.out}: {record['n_images']} images from {record['n_participants']} "
           f"participants ({len(record['flagged'])} flagged, left out); split-half Spearman "
@@ -228,13 +245,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from neuromem.game import compare, db, scoring
-    from neuromem.game.study import load_study
+    from neuromem.game import compare, scoring
 
-    study = load_study(args.study)
-    responses = db.responses_frame(db.connect(args.db), study)
-    if responses.empty:
-        raise InputError(f"study {study.name} has no responses in this database yet")
+    study, responses = _study_responses(args)
     flags = scoring.participant_flags(responses,
                                       max_vigilance_miss=study.flags.max_vigilance_miss,
                                       max_false_alarm=study.flags.max_false_alarm)
@@ -267,6 +280,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     truth = _true_memorability(study, args.memorability, args.seed)
+    if args.memorability is None:
+        drawn = _write_truth(Path(args.study).parent / "true_memorability.csv", truth)
+        print(f"wrote {drawn}: the simulated true memorability")
     behaviour = Behaviour(noise=args.noise, vigilance_hit=args.vigilance_hit,
                           false_alarm=args.false_alarm)
     if args.url:
@@ -279,6 +295,15 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"{len(records)} simulated participants played {sum(r['trials'] for r in records)} "
           "trials")
     return 0
+
+
+def _write_truth(path: Path, truth: dict[str, float]) -> Path:
+    """Write simulated true memorability as the CSV ``--memorability`` reads."""
+    import pandas as pd
+
+    pd.DataFrame({"image_id": list(truth), "memorability": list(truth.values())}).to_csv(
+        path, index=False)
+    return path
 
 
 def _true_memorability(study, csv: str | None, seed: int) -> dict[str, float]:
@@ -316,12 +341,11 @@ def run_demo(args: argparse.Namespace) -> int:
     """Generated base/engineered image pairs and fillers, a study, an in-process server on
     127.0.0.1 with SQLite, simulated participants (the engineered twins truly more memorable),
     then the export and the comparison."""
-    import pandas as pd
     from PIL import Image
     from scipy import stats
 
     from neuromem.game import compare, db
-    from neuromem.game.export import export_human, read_scores
+    from neuromem.game.export import read_scores
     from neuromem.game.simulate import Behaviour
     from neuromem.game.study import make_study
 
@@ -347,13 +371,12 @@ def run_demo(args: argparse.Namespace) -> int:
     base_m = rng.beta(6, 4, n_pairs)
     truth = {f"base/{k:03d}": float(m) for k, m in enumerate(base_m)}
     truth |= {f"lora/{k:03d}": float(min(0.98, m + 0.1)) for k, m in enumerate(base_m)}
-    pd.DataFrame({"image_id": list(truth), "memorability": list(truth.values())}).to_csv(
-        out / "true_memorability.csv", index=False)
+    _write_truth(out / "true_memorability.csv", truth)
     records = _simulate_locally(study, f"sqlite:///{out / 'demo.db'}", truth, args.participants,
                                 Behaviour(), min(args.participants, 20), args.seed)
     engine = db.connect(f"sqlite:///{out / 'demo.db'}")
-    record = export_human(db.responses_frame(engine, study), str(out / "human.parquet"),
-                          study=study.name, seed=args.seed)
+    record = _export(study, db.responses_frame(engine, study), str(out / "human.parquet"),
+                     seed=args.seed)
     scores, _ = read_scores(str(out / "human.parquet"))
     estimated = scores.set_index("image_id")["memorability_human"]
     rho = stats.spearmanr([truth[i] for i in estimated.index], estimated.to_numpy()).statistic

@@ -81,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"neuromem predict: {name}: {exc}", file=sys.stderr)
             n_failed += 1
             continue
-        images_b3hw = torch.tensor(pixels_hw3).permute(2, 0, 1)[None].float().div(255)
         with torch.no_grad():
-            responses_bv = encoder(images_b3hw.to(device))
+            if encoder.native_inputs:  # the uint8 image into the processor, as `score` does
+                responses_bv = encoder.forward_stills([pixels_hw3])
+            else:
+                images_b3hw = torch.tensor(pixels_hw3).permute(2, 0, 1)[None].float().div(255)
+                responses_bv = encoder(images_b3hw.to(device))
             rois_br = reducer(responses_bv)
         results.append((name, responses_bv[0].cpu().numpy(), rois_br[0].cpu().numpy()))
     if args.json:

@@ -120,15 +120,15 @@ class GameApp:
             raise BadRequest(401, "unknown session token")
         return row
 
-    def _next(self, connection, session) -> dict:
-        if session.next_position >= session.n_trials:
-            return {"done": True, "completion_code": self.study.completion_code,
-                    "total": session.n_trials}
+    def _next(self, connection, participant_id: int, position: int, total: int) -> dict:
+        """The trial at ``position`` of a session of ``total`` trials (or its end)."""
+        if position >= total:
+            return {"done": True, "completion_code": self.study.completion_code, "total": total}
         image_id = connection.execute(sa.select(db.trials.c.image_id).where(
-            db.trials.c.participant_id == session.id,
-            db.trials.c.position == session.next_position)).scalar_one()
-        return {"done": False, "position": session.next_position,
-                "image": f"/images/{quote(image_id, safe='/')}", "total": session.n_trials}
+            db.trials.c.participant_id == participant_id,
+            db.trials.c.position == position)).scalar_one()
+        return {"done": False, "position": position,
+                "image": f"/images/{quote(image_id, safe='/')}", "total": total}
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -186,7 +186,8 @@ class GameApp:
     async def next_trial(self, request: Request):
         with self.engine.connect() as connection:
             session = self._session(connection, request.query_params.get("token"))
-            return JSONResponse(self._next(connection, session))
+            return JSONResponse(self._next(connection, session.id, session.next_position,
+                                           session.n_trials))
 
     async def response(self, request: Request):
         payload = await _json_body(request)
@@ -216,8 +217,8 @@ class GameApp:
                 connection.execute(db.responses.insert().values(
                     participant_id=session.id, position=position, responded=responded,
                     rt_ms=rt_ms, received=db.now()))
-                session = self._session(connection, token)
-                return JSONResponse(self._next(connection, session))
+                return JSONResponse(self._next(connection, session.id, position + 1,
+                                               session.n_trials))
         except sa.exc.IntegrityError:
             raise BadRequest(409, "this response was already received") from None
 

@@ -10,7 +10,7 @@ and ``errors.parquet``.
 
 from __future__ import annotations
 
-import time
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,9 @@ import numpy as np
 
 from neuromem.errors import InputError
 from neuromem.jobs.image_map import ModelRecipe, PoolJobConfig, map_images
+from neuromem.runtime.progress import StageTimer
+
+log = logging.getLogger(__name__)
 
 PROBE_FILE = "probe.safetensors"
 R2_FILE = "r2.json"
@@ -135,7 +138,7 @@ def run_fit_probes(config: FitProbesConfig) -> str:
     from neuromem.probes.targets import nsd_targets, vertex_targets
     from neuromem.runtime.storage import check_writable, remove, write_json, write_parquet
 
-    start = time.perf_counter()
+    timer = StageTimer()
     config.check()
     pretrained = config.pretrained
     if pretrained and Path(pretrained).is_file():
@@ -158,9 +161,10 @@ def run_fit_probes(config: FitProbesConfig) -> str:
                   "betas": "betas_fithrf_GLMdenoise_RR (fsaverage), z-scored per session",
                   "mean_repetitions": float(n_reps_n.mean())}
 
-    result = map_images(rows, ModelRecipe(ProbeFeatureModel, {"model": model.to_dict()}),
-                        pool=config.pool, address=config.address,
-                        progress=not config.no_progress, desc="CLIP features")
+    with timer.stage("CLIP features"):
+        result = map_images(rows, ModelRecipe(ProbeFeatureModel, {"model": model.to_dict()}),
+                            pool=config.pool, address=config.address,
+                            progress=not config.no_progress, desc="CLIP features")
     if result.errors.num_rows:
         write_parquet(out / ERRORS_FILE, result.errors)
     else:
@@ -175,9 +179,12 @@ def run_fit_probes(config: FitProbesConfig) -> str:
     train_idx, test_idx = train_test_indices(len(rows), config.test_fraction, config.seed)
     alphas = config.alpha_grid()
     backend = default_backend()
-    fit = fit_probe(features_ne, targets_nv, train_idx, test_idx, alphas=alphas,
-                    n_folds=config.folds, seed=config.seed, backend=backend,
-                    n_targets_batch=config.targets_batch)
+    log.info("fitting ridge probes: %d vertices, %d training images, %d-fold CV over %d alphas",
+             targets_nv.shape[1], train_idx.size, config.folds, alphas.size)
+    with timer.stage("ridge"):
+        fit = fit_probe(features_ne, targets_nv, train_idx, test_idx, alphas=alphas,
+                        n_folds=config.folds, seed=config.seed, backend=backend,
+                        n_targets_batch=config.targets_batch)
     report = r2_report(fit, targets_nv[test_idx], config.rois, ceiling_v)
     training = {
         "trained": True, "targets": config.targets, **source,
@@ -197,8 +204,9 @@ def run_fit_probes(config: FitProbesConfig) -> str:
                                "encoder_spec": f"clip-probe:{probe_path.resolve()}",
                                "model": model.to_dict(), "training": training, **report})
     if not config.no_plots:
-        plot_maps(report, out, config.rois)
+        with timer.stage("figures"):
+            plot_maps(report, out, config.rois)
     return (f"fit-probes: {len(rows)} images ({train_idx.size} train, {test_idx.size} held out, "
             f"{result.n_errors} failed), median held-out vertex R² "
-            f"{report['summary']['median_vertex_r2']}, {time.perf_counter() - start:.1f} s\n"
-            f"probe: {probe_path}\nreport: {out / R2_FILE}")
+            f"{report['summary']['median_vertex_r2']}\n"
+            f"probe: {probe_path}\nreport: {out / R2_FILE}\n{timer.format()}")

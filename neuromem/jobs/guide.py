@@ -231,18 +231,24 @@ def _header(command: str, config: GenerationConfig, **settings: Any) -> dict[str
             "versions": versions(GENERATION_PACKAGES)}
 
 
-def run_guide(config: GuideConfig) -> dict[str, Any]:
-    """Run ``neuromem guide``; returns the ``responses.json`` record (also written)."""
-    import torch
-
+def _targeted(config: GuideConfig | EnhanceConfig):
+    """Checks (before any model loads), the output folder, the generator and the objective."""
     from neuromem.generation.objective import RoiObjective, parse_target
-    from neuromem.generation.outputs import roi_means, roi_rows, save_png
 
     config.check()
     check_writable(config.out)
     weights = parse_target(config.target)
     gen = _Generator(config)
-    objective = RoiObjective(gen.reducer, weights)
+    return gen, weights, RoiObjective(gen.reducer, weights)
+
+
+def run_guide(config: GuideConfig) -> dict[str, Any]:
+    """Run ``neuromem guide``; returns the ``responses.json`` record (also written)."""
+    import torch
+
+    from neuromem.generation.outputs import roi_means, roi_rows, save_png
+
+    gen, weights, objective = _targeted(config)
     encoder = gen.encoder(config.encoder)
     seeds = list(range(config.seed, config.seed + config.n))
     prompts = [config.prompt] * config.n
@@ -319,14 +325,9 @@ def run_enhance(config: EnhanceConfig) -> dict[str, Any]:
     """Run ``neuromem enhance``; returns the ``responses.json`` record (also written)."""
     import torch
 
-    from neuromem.generation.objective import RoiObjective, parse_target
     from neuromem.generation.outputs import quantise, roi_rows, save_png
 
-    config.check()
-    check_writable(config.out)
-    weights = parse_target(config.target)
-    gen = _Generator(config)
-    objective = RoiObjective(gen.reducer, weights)
+    gen, weights, objective = _targeted(config)
     size = config.size or gen.pipe.unet.config.sample_size * gen.pipe.vae_scale_factor
     before = quantise(load_image(config.image, size))
     encoder = gen.encoder(config.encoder)

@@ -296,11 +296,23 @@ def extract(config: LayersConfig, spec: str, folder: str, rows: pd.DataFrame,
                                      time.perf_counter() - start, result.steady.to_dict())
 
 
-def _on_roi(relay):
-    """Inside a task: the callback telling the driver's bar that one more ROI is done."""
-    if relay is None:
-        return None
-    return lambda roi: relay.advance.remote(1)
+class _RoiCounter:
+    """Inside a task: tells the driver's bar, through ``relay``, that one more ROI is done."""
+
+    def __init__(self, relay) -> None:
+        self.relay, self.last = relay, None
+
+    def __call__(self, roi: str) -> None:
+        if self.relay is not None:
+            self.last = self.relay.advance.remote(1)
+
+    def flush(self) -> None:
+        """Wait until the relay has counted every ROI (an actor runs one caller's calls in
+        order), so the count is complete when the task returns."""
+        if self.last is not None:
+            import ray
+
+            ray.get(self.last)
 
 
 def analyse_task(folder: str, layer: dict[str, Any], targets: ScanTargets,
@@ -309,7 +321,10 @@ def analyse_task(folder: str, layer: dict[str, Any], targets: ScanTargets,
     from neuromem.representations.scan import analyse_layer
 
     ids, x_nf = read_layer(folder, layer["name"], layer["n_features"])
-    return analyse_layer(ids, x_nf, layer, targets, cka_kind=cka_kind, on_roi=_on_roi(relay))
+    counter = _RoiCounter(relay)
+    result = analyse_layer(ids, x_nf, layer, targets, cka_kind=cka_kind, on_roi=counter)
+    counter.flush()
+    return result
 
 
 def compare_task(folder_a: str, folder_b: str, layer: dict[str, Any], targets: ScanTargets,
@@ -319,8 +334,11 @@ def compare_task(folder_a: str, folder_b: str, layer: dict[str, Any], targets: S
 
     ids_a, x_a = read_layer(folder_a, layer["name"], layer["n_features"])
     ids_b, x_b = read_layer(folder_b, layer["name"], layer["n_features"])
-    return compare_layer(ids_a, x_a, ids_b, x_b, layer, targets, cka_kind=cka_kind,
-                         on_roi=_on_roi(relay))
+    counter = _RoiCounter(relay)
+    result = compare_layer(ids_a, x_a, ids_b, x_b, layer, targets, cka_kind=cka_kind,
+                           on_roi=counter)
+    counter.flush()
+    return result
 
 
 #: Seconds between two reads of the ROIs done while layer tasks run.
@@ -334,7 +352,8 @@ def _run_tasks(submit, jobs: list[tuple[tuple, dict[str, Any]]], *, n_rois: int,
 
     ``submit(*args, relay)`` starts the task of a job ``(args, record)``; its result is merged
     into ``record``. The bar counts ``n_rois + 1`` units per task: one per ROI (relayed from the
-    task by a :class:`~neuromem.jobs.progress.ProgressRelay`) and one when the task returns.
+    task by a :class:`~neuromem.jobs.progress.ProgressRelay`; a task returns once the relay has
+    counted its ROIs) and one when the task returns.
     """
     import ray
 
@@ -357,7 +376,6 @@ def _run_tasks(submit, jobs: list[tuple[tuple, dict[str, Any]]], *, n_rois: int,
                 rois_done, _, _ = ray.get(relay.read.remote())
                 bar.set_postfix_str(f"{finished}/{len(futures)} layers", refresh=False)
                 bar.update(rois_done + finished - bar.n)
-        bar.update(bar.total - bar.n)  # every task returned: all its ROIs are done
     return results
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -89,20 +91,25 @@ def distil_case(tmp_path_factory, ray_local):
     (root / "table").mkdir()
     pq.write_table(table, root / "table" / "part-0.parquet")
     out = root / "out"
-    code = main([
-        "fit-probes", str(root / "table"), "--out", str(out), "--model", "tiny",
-        "--pretrained", "", "--alphas", "0.01,0.1,1,10,100,1000", "--folds", "3",
-        "--batch-size", "32", "--no-plots",
-    ])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([
+            "fit-probes", str(root / "table"), "--out", str(out), "--model", "tiny",
+            "--pretrained", "", "--alphas", "0.01,0.1,1,10,100,1000", "--folds", "3",
+            "--batch-size", "32", "--no-plots",
+        ])
     assert code == 0
     targets_16 = targets_nv.astype(np.float16).astype(np.float32)  # as stored in the table
-    return {"out": out, "pixels": pixels, "paths": paths, "targets": targets_16}
+    return {"out": out, "pixels": pixels, "paths": paths, "targets": targets_16,
+            "printed": printed.getvalue()}
 
 
 def test_distilled_probe_recovers_planted_map(distil_case):
     report = json.loads((distil_case["out"] / "r2.json").read_text())
     assert report["training"]["n_train"] + report["training"]["n_test"] == 120
     assert report["training"]["n_failed"] == 2
+    assert "where the time went: CLIP features" in distil_case["printed"]
+    assert " ridge " in distil_case["printed"]  # the long stage without a bar is timed
     errors = pd.read_parquet(distil_case["out"] / "errors.parquet").set_index("image_id")
     assert sorted(errors.index) == ["corrupt", "missing"]
     assert "not found" in errors.loc["missing", "error"]

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -175,6 +176,7 @@ def test_fifty_participants_at_once_every_response_stored_once(backend, study, t
     assert stats.spearmanr(scores["memorability_human"], true).statistic >= 0.8
     assert stats.spearmanr(scores["hit_rate"], true).statistic >= 0.8
     assert record["n_participants"] == N_PARTICIPANTS and record["flagged"] == []
+    assert record["reference_lag"] == 10.0  # the middle of target_lag
     per_half = N_PARTICIPANTS * SEQUENCE["targets"] / N_MEASURED / 2
     expected = scoring.expected_split_half(true, per_half)
     assert record["split_half"]["rho"] == pytest.approx(expected, abs=0.1)
@@ -410,3 +412,22 @@ def test_image_ids_that_are_not_url_safe_are_served(tmp_path):
     assert frame.loc[target_repeat, "response"].all() and target_repeat.sum() == 8
     assert not frame.loc[~target_repeat, "response"].any()
     engine.dispose()
+
+
+def test_simultaneous_duplicates_store_one(served):
+    """The same response sent 12 times at once, and 12 sessions for one participant at once:
+    one is accepted, the others refused (409), one row stored."""
+    base, engine, _ = served
+
+    def at_once(send) -> list[int]:
+        with ThreadPoolExecutor(12) as pool, httpx.Client(base_url=base) as client:
+            return sorted(pool.map(lambda _: send(client).status_code, range(12)))
+
+    statuses = at_once(lambda c: c.post("/api/session", json={"participant": "PID-race"}))
+    assert statuses == [201] + [409] * 11
+    with engine.connect() as connection:
+        token = connection.execute(sa.select(db.participants.c.token).where(
+            db.participants.c.participant == "PID-race")).scalar_one()
+    before = _stored(engine)
+    assert at_once(lambda c: _answer(c, token, 0)) == [200] + [409] * 11
+    assert _stored(engine)["responses"] == before["responses"] + 1

@@ -23,12 +23,15 @@ def test_gpu_suite_tiny_writes_every_part(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     suite = json.loads((tmp_path / "suite.json").read_text())
     assert suite["tiny"] is True
-    assert set(suite["parts"]) == {"encoders", "score", "guidance", "draft", "vertex"}
+    assert set(suite["parts"]) == {"encoders", "score", "guidance", "draft", "vertex",
+                                   "tribe_protocols"}
     for name, part in suite["parts"].items():
         assert part["exit"] == 0 and part["seconds"] <= part["cap_s"], name
     score = json.loads((tmp_path / "score_throughput.json").read_text())
     assert {"bare", "ray_1"} <= set(score["runs"])
     assert score["runs"]["ray_1"]["steady"]["n_batches"] >= 0  # figures from actor batch times
+    protocols = json.loads((tmp_path / "tribe_protocols.json").read_text())
+    assert {row["protocol"] for row in protocols["results"]} == {"paper", "static", "fast"}
     for name in ("encoders", "guidance", "draft", "vertex_corr"):
         assert json.loads((tmp_path / f"{name}.json").read_text()), name
 

@@ -112,9 +112,8 @@ def test_protocol_is_chosen_and_recorded(files, capsys):
     assert default["protocol"] == "paper" and default["rois"] == records["paper"]["rois"]
     # the JSON holds what the encoder with that protocol predicts for the image
     encoder = load_encoder("tribev2:tiny", protocol="static")
-    pixels = torch.tensor(read_image(files["rgb"])).permute(2, 0, 1)[None].float() / 255
-    with torch.no_grad():
-        vertices = encoder(pixels)[0].numpy()
+    with torch.no_grad():  # the uint8 image at its own size into the video processor
+        vertices = encoder.forward_stills([read_image(files["rgb"])])[0].numpy()
     ffa_vertices = load_roi_set("default").indices["FFA"]
     assert records["static"]["rois"]["FFA"] == pytest.approx(
         float(vertices[ffa_vertices].mean()), abs=1e-5)

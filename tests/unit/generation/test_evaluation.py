@@ -55,7 +55,8 @@ def test_report_files_go_to_a_uri(tmp_path):
         "prompts": ["a"], "seeds": [0, 1], "settings": {"size": 4}, "clip": TINY_CLIP,
         "assessor": "none",
         "summary": summarise({"reward": np.array([0.0, 1.0])}, {"reward": np.array([1.0, 3.0])}),
-        "images": [{"prompt": "a", "seed": s, "base_reward": float(s)} for s in (0, 1)],
+        "images": [{"prompt": "a", "seed": s, "png": f"p000_seed{s}.png", "base_reward": float(s)}
+                   for s in (0, 1)],
     }
     images = torch.rand(2, 3, 4, 4)
     write_report(evaluation, images, images, f"file://{tmp_path}/eval")
@@ -65,6 +66,7 @@ def test_report_files_go_to_a_uri(tmp_path):
     report = (out / "report.md").read_text()
     assert "| reward | 0.5 | 2 | 1.5 |" in report and "grid.png" in report
     assert Image.open(out / "grid.png").size == (8, 8)
+    assert Image.open(out / "lora" / "p000_seed1.png").size == (4, 4)  # every twin, by URI too
 
 
 def test_clip_and_seeds_follow_the_model():
