@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
-from neuromem.cortex.surface import N_VERTICES
+from neuromem.cortex.surface import N_VERTICES, N_VERTICES_HEMI
 from neuromem.errors import InputError
 from neuromem.scoring.table import (
     VERTICES_COLUMN,
@@ -625,8 +625,8 @@ def mask_record(labelled_v: np.ndarray | None, atlas: str) -> dict:
                 "and spin tests",
         "atlas": atlas,
         "n_excluded": len(excluded),
-        "n_excluded_left": sum(1 for v in excluded if v < N_VERTICES // 2),
-        "n_excluded_right": sum(1 for v in excluded if v >= N_VERTICES // 2),
+        "n_excluded_left": sum(1 for v in excluded if v < N_VERTICES_HEMI),
+        "n_excluded_right": sum(1 for v in excluded if v >= N_VERTICES_HEMI),
         "excluded_vertices": excluded,
     }
 
