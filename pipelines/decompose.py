@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--covariates", default="",
                         help="comma-separated numeric columns to control for as well")
     parser.add_argument("--vertices", action="store_true",
-                        help="vertex-level correlations, sign coherence and spin tests (needs a "
-                             "table scored with --keep-vertices)")
+                        help="vertex-level correlations (raw and, with a category or covariates, "
+                             "partial), sign coherence and spin tests with the medial wall left "
+                             "out (needs a table scored with --keep-vertices)")
     parser.add_argument("--spins", type=int, default=1000,
                         help="random rotations of the spin test (0: no spin test)")
     options.add_seed(parser, what="bootstraps and spins")

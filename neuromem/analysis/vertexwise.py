@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
-from neuromem.cortex.surface import N_VERTICES
+from neuromem.cortex.surface import N_VERTICES, N_VERTICES_HEMI
 from neuromem.errors import InputError
 from neuromem.scoring.table import (
     VERTICES_COLUMN,
@@ -212,42 +212,6 @@ class Controls:
         return w_nk, group_n
 
 
-def _centred_moments(x_nv: np.ndarray, w_nk: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Count, means and centred cross-products of one set of rows, per vertex.
-
-    ``x_nv`` float64 (NaN: missing), ``w_nk`` finite. Returns ``n_v, mean_x_v, mean_w_kv,
-    sxx_v, sxw_kv, sww_kkv``.
-    """
-    n_rows, n_v_vertices = x_nv.shape
-    n_w = w_nk.shape[1]
-    sum_x_v = x_nv.sum(0)
-    if np.isfinite(sum_x_v).all():
-        mean_w_k = w_nk.mean(0)
-        wc_nk = w_nk - mean_w_k
-        n_v = np.full(n_v_vertices, float(n_rows))
-        mean_x_v = sum_x_v / n_rows
-        sxx_v = np.maximum(np.einsum("nv,nv->v", x_nv, x_nv) - n_rows * mean_x_v**2, 0.0)
-        sxw_kv = wc_nk.T @ x_nv  # Σ (w - w̄) x = Σ (w - w̄)(x - x̄)
-        mean_w_kv = np.repeat(mean_w_k[:, None], n_v_vertices, 1)
-        sww_kkv = np.repeat((wc_nk.T @ wc_nk)[:, :, None], n_v_vertices, 2)
-        return n_v, mean_x_v, mean_w_kv, sxx_v, sxw_kv, sww_kkv
-    present_nv = np.isfinite(x_nv)
-    x_nv = np.where(present_nv, x_nv, 0.0)
-    present_nv = present_nv.astype(np.float64)
-    n_v = present_nv.sum(0)
-    ww_nkk = w_nk[:, :, None] * w_nk[:, None, :]
-    sum_w_kv = w_nk.T @ present_nv
-    sum_ww_kkv = (ww_nkk.reshape(n_rows, -1).T @ present_nv).reshape(n_w, n_w, -1)
-    sum_xw_kv = w_nk.T @ x_nv
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_x_v = np.where(n_v > 0, x_nv.sum(0) / n_v, 0.0)
-        mean_w_kv = np.where(n_v > 0, sum_w_kv / n_v, 0.0)
-    sxx_v = np.maximum(np.einsum("nv,nv->v", x_nv, x_nv) - n_v * mean_x_v**2, 0.0)
-    sxw_kv = sum_xw_kv - n_v * mean_x_v * mean_w_kv
-    sww_kkv = sum_ww_kkv - n_v * mean_w_kv[:, None] * mean_w_kv[None]
-    return n_v, mean_x_v, mean_w_kv, sxx_v, sxw_kv, sww_kkv
-
-
 @dataclass
 class GroupedVertexMoments:
     """Mergeable moments of (vertex value, memorability, covariates) per category, per vertex.
@@ -308,16 +272,50 @@ class GroupedVertexMoments:
             raise InputError(f"expected values (n, V), w (n, K) and groups (n,); got "
                              f"{values_nv.shape}, {w_nk.shape}, {np.shape(group_n)}")
         keep = np.isfinite(w_nk[:, 0])
-        w_nk = np.where(np.isfinite(w_nk), w_nk, 0.0)
-        out = cls.empty(n_groups, w_nk.shape[1], values_nv.shape[1])
-        group_n = np.asarray(group_n)
-        for g in np.unique(group_n[keep]):
-            rows = keep & (group_n == g)
-            x_nv = np.asarray(values_nv[rows], dtype=np.float64)
-            (n_v, out.mean_x_gv[g], out.mean_w_gkv[g], out.sxx_gv[g], out.sxw_gkv[g],
-             out.sww_gkkv[g]) = _centred_moments(x_nv, w_nk[rows])
-            out.n_gv[g] = n_v.astype(np.int64)
-        return out
+        x_nv = np.asarray(values_nv if keep.all() else values_nv[keep], dtype=np.float64)
+        w_nk = np.where(np.isfinite(w_nk[keep]), w_nk[keep], 0.0)
+        n_rows, n_vertices = x_nv.shape
+        n_w = w_nk.shape[1]
+        # every group at once through one-hot products (BLAS), w centred per group first
+        onehot_ng = np.zeros((n_rows, n_groups + 1))
+        onehot_ng[np.arange(n_rows), np.asarray(group_n)[keep]] = 1.0
+        count_g = onehot_ng.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_w_gk = np.where(count_g[:, None] > 0,
+                                 (onehot_ng.T @ w_nk) / count_g[:, None], 0.0)
+        wc_nk = w_nk - onehot_ng @ mean_w_gk
+        by_w_ngk = onehot_ng[:, :, None] * wc_nk[:, None, :]
+        present_nv = np.isfinite(x_nv)
+        if present_nv.all():
+            sums = np.concatenate([onehot_ng, by_w_ngk.reshape(n_rows, -1)], 1).T @ x_nv
+            n_gv = np.repeat(count_g[:, None], n_vertices, 1)
+            sum_wc_gkv = np.zeros((n_groups + 1, n_w, n_vertices))
+            sum_ww_gkkv = np.repeat(np.einsum("ngk,nl->gkl", by_w_ngk, wc_nk)[..., None],
+                                    n_vertices, 3)
+        else:
+            x_nv = np.where(present_nv, x_nv, 0.0)
+            present_nv = present_nv.astype(np.float64)
+            sums = np.concatenate([onehot_ng, by_w_ngk.reshape(n_rows, -1)], 1).T @ x_nv
+            n_gv = onehot_ng.T @ present_nv
+            sum_wc_gkv = (by_w_ngk.reshape(n_rows, -1).T @ present_nv).reshape(
+                n_groups + 1, n_w, n_vertices)
+            by_ww = by_w_ngk[:, :, :, None] * wc_nk[:, None, None, :]
+            sum_ww_gkkv = (by_ww.reshape(n_rows, -1).T @ present_nv).reshape(
+                n_groups + 1, n_w, n_w, n_vertices)
+        sum_x_gv = sums[: n_groups + 1]
+        sum_xw_gkv = sums[n_groups + 1 :].reshape(n_groups + 1, n_w, n_vertices)
+        sum_xx_gv = onehot_ng.T @ (x_nv * x_nv)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_x_gv = np.where(n_gv > 0, sum_x_gv / n_gv, 0.0)
+            mean_wc_gkv = np.where(n_gv[:, None] > 0, sum_wc_gkv / n_gv[:, None], 0.0)
+        return cls(
+            n_gv.astype(np.int64),
+            mean_x_gv,
+            mean_wc_gkv + mean_w_gk[:, :, None],
+            np.maximum(sum_xx_gv - n_gv * mean_x_gv**2, 0.0),
+            sum_xw_gkv - n_gv[:, None] * mean_x_gv[:, None] * mean_wc_gkv,
+            sum_ww_gkkv - n_gv[:, None, None] * mean_wc_gkv[:, :, None] * mean_wc_gkv[:, None],
+        )
 
     def merge(self, other: GroupedVertexMoments) -> GroupedVertexMoments:
         """Moments of the union of the two sets of rows, group by group (pairwise update)."""
@@ -627,8 +625,8 @@ def mask_record(labelled_v: np.ndarray | None, atlas: str) -> dict:
                 "and spin tests",
         "atlas": atlas,
         "n_excluded": len(excluded),
-        "n_excluded_left": sum(1 for v in excluded if v < N_VERTICES // 2),
-        "n_excluded_right": sum(1 for v in excluded if v >= N_VERTICES // 2),
+        "n_excluded_left": sum(1 for v in excluded if v < N_VERTICES_HEMI),
+        "n_excluded_right": sum(1 for v in excluded if v >= N_VERTICES_HEMI),
         "excluded_vertices": excluded,
     }
 

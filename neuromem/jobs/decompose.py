@@ -2,10 +2,12 @@
 
 The first table is the primary one; the others (BOLD5000 measurements, CLIP-probe predictions)
 are compared with it. Per table: ROI statistics (:func:`neuromem.analysis.roi_stats.roi_statistics`);
-for the primary table with ``vertices``: the vertex-level correlation in one streaming pass
-(on Ray as a map-reduce over the table's files with ``ray=True`` or when Ray is already running),
-sign coherence and spin tests. Writes ``results.json`` (:mod:`neuromem.analysis.results`),
-``report.md``, ``report.html``, ``vertex_r.npy`` and PNG figures to ``out`` (local or URI).
+for the primary table with ``vertices``: the vertex-level correlation and, with a category or
+covariates, the partial correlation in one streaming pass (on Ray as a map-reduce over the
+table's files with ``ray=True`` or when Ray is already running), then sign coherence and spin
+tests of both maps with the medial wall (vertices with no atlas label) left out. Writes
+``results.json`` (:mod:`neuromem.analysis.results`), ``report.md``, ``report.html``,
+``vertex_r.npy``, ``vertex_partial_r.npy`` and PNG figures to ``out`` (local or URI).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class DecomposeConfig(JobConfig):
     covariates : str
         Comma-separated numeric columns to control for as well.
     vertices : bool
-        Vertex-level correlations, sign coherence and spin tests.
+        Vertex maps (raw; partial with a category or covariates), sign coherence and spin
+        tests, the medial wall left out.
     spins : int
         Random rotations of the spin test (0: none).
     seed : int

@@ -20,14 +20,18 @@ from neuromem.scoring.table import build_metadata, vertices_to_arrow, write_meta
 ROIS = ["FFA", "RSC", "V1"]
 
 
-def _write(root, *, seed, trained, n=90, rsc_sign=-1.0):
-    """A score table: RSC vertices anti-correlated with memorability, FFA vertices correlated."""
+def _write(root, *, seed, trained, n=90, rsc_sign=-1.0, via_category=False):
+    """A score table: RSC vertices anti-correlated with memorability, FFA vertices correlated
+    (``via_category``: only through the category, which drives both)."""
     rng = np.random.default_rng(seed)
     roi_set = load_roi_set("default")
     memorability = rng.uniform(0.4, 0.9, n)
     category = rng.choice(["object", "scene"], n)
     responses = rng.standard_normal((n, 20484)).astype(np.float32)
     z = (memorability - memorability.mean()) / memorability.std()
+    if via_category:
+        z = np.where(category == "scene", 1.0, -1.0)
+        memorability += 0.2 * z
     responses[:, roi_set.indices["RSC"]] += rsc_sign * 2 * z[:, None]
     responses[:, roi_set.indices["FFA"]] += 2 * z[:, None]
     responses = responses.astype(np.float16)
@@ -143,6 +147,19 @@ def test_decompose_end_to_end(tables):
                 "vertex_partial_r.png", "coherence_partial.png"]:
         assert (out / png).stat().st_size > 1000 and f"({png})" in report
         assert f'src="{png}"' in (out / "report.html").read_text()
+
+
+def test_category_confound_is_coherent_raw_and_not_partial(tmp_path):
+    """Planted: RSC follows memorability only through the category; the raw vertex map of RSC
+    is coherent, the partial one (category controlled) is not."""
+    _write(tmp_path / "confound", seed=3, trained=True, n=120, via_category=True)
+    out = tmp_path / "out"
+    assert main(["decompose", str(tmp_path / "confound"), "--out", str(out), "--vertices",
+                 "--spins", "20", "--bootstrap", "0", "--no-progress"]) == 0
+    rsc = {r["roi"]: r for r in json.loads((out / "results.json").read_text())["rois"]}["RSC"]
+    assert rsc["frac_vertices_negative"] > 0.95
+    assert max(rsc["partial_frac_vertices_negative"], rsc["partial_frac_vertices_positive"]) < 0.7
+    assert rsc["spin_p_coherence"] < rsc["partial_spin_p_coherence"]
 
 
 def test_decompose_ray_map_reduce_matches_local(tables, ray_local, capsys):
