@@ -111,7 +111,7 @@ def test_tune_guidance_job_places_trials_on_their_gpu_type(cluster, tmp_path):
         "size": 32,
         "search_space": {
             "scale": {"uniform": [1000.0, 30000.0]},
-            "steps": 2,
+            "inference_steps": 2,
             "accelerator_type": {"grid_search": list(ACCELERATORS)},
         },
         "resources": {"CPU": 1, "GPU": 1},
@@ -128,7 +128,7 @@ def test_tune_guidance_job_places_trials_on_their_gpu_type(cluster, tmp_path):
     assert (trials["images"] == trials["training_iteration"]).all()
     best = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best["metrics"]["score"] == pytest.approx(trials["score"].max())
-    assert best["guide"]["encoder"] == ENCODER and best["guide"]["steps"] == 2
+    assert best["guide"]["encoder"] == ENCODER and best["guide"]["inference_steps"] == 2
 
 
 def table_ids(folder: Path) -> list[str]:
