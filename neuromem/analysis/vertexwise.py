@@ -57,6 +57,16 @@ BLOCK_ROWS = 512
 """Rows reduced at once: a float64 block of 1024 × 20484 values is 168 MB."""
 
 
+def merge_weights(n_a, n_b) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of the pairwise (Chan et al.) merge of two sets of moments with counts ``n_a``,
+    ``n_b``: the second set's share ``n_b / n`` of the means, and ``n_a n_b / n`` of the squared
+    mean difference added to the centred sums (0 where both are empty)."""
+    n_a, n_b = np.asarray(n_a, np.float64), np.asarray(n_b, np.float64)
+    n = n_a + n_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, n_b / n, 0.0), np.where(n > 0, n_a * n_b / n, 0.0)
+
+
 @dataclass
 class VertexMoments:
     """Mergeable sufficient statistics of (vertex value, memorability) pairs, per vertex.
@@ -134,11 +144,7 @@ class VertexMoments:
 
     def merge(self, other: VertexMoments) -> VertexMoments:
         """Moments of the union of the two sets of rows (exact, order-independent up to rounding)."""
-        n_a, n_b = self.n_v.astype(np.float64), other.n_v.astype(np.float64)
-        n = n_a + n_b
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w_b = np.where(n > 0, n_b / n, 0.0)
-            cross = np.where(n > 0, n_a * n_b / n, 0.0)
+        w_b, cross = merge_weights(self.n_v, other.n_v)
         dx = other.mean_x_v - self.mean_x_v
         dy = other.mean_y_v - self.mean_y_v
         return VertexMoments(
@@ -319,11 +325,7 @@ class GroupedVertexMoments:
 
     def merge(self, other: GroupedVertexMoments) -> GroupedVertexMoments:
         """Moments of the union of the two sets of rows, group by group (pairwise update)."""
-        n_a, n_b = self.n_gv.astype(np.float64), other.n_gv.astype(np.float64)
-        n = n_a + n_b
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w_b = np.where(n > 0, n_b / n, 0.0)
-            cross = np.where(n > 0, n_a * n_b / n, 0.0)
+        w_b, cross = merge_weights(self.n_gv, other.n_gv)
         dx = other.mean_x_gv - self.mean_x_gv
         dw = other.mean_w_gkv - self.mean_w_gkv
         return GroupedVertexMoments(
