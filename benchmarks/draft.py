@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     job = FinetuneConfig(model=model, encoder=encoder, steps=steps, out=str(work / "runs"),
                          batch_size=batch, checkpoint_every=steps, workers=1, **sampling)
     config = loop_config(job)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # never a stray cluster
     ray_result = ray_loop(config, steps, args.warmup, gpus, str(work / "runs"))
     ray.shutdown()
     bare = bare_loop(config, device, steps, args.warmup)

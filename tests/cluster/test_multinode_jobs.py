@@ -231,7 +231,7 @@ def test_decompose_job_matches_scipy_on_the_scored_table(cluster, scored, tmp_pa
     table = scored.out
     out = tmp_path / "decomposition"
     submit(cluster, "decompose", table, "--out", out, "--rois", table.parent / "rois.yaml",
-           "--vertices", "--ray", "--spins", 10, "--bootstrap", 50, "--seed", 3)
+           "--vertices", "--ray", "--spins", 10, "--bootstrap", 100, "--seed", 3)
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["n_images", "memorability_column", "category_column", "seed",
                              "rois", "agreement"]
