@@ -91,6 +91,7 @@ pipeline runs; they say nothing about the brain. For real predictions use TRIBE 
 Next steps
   neuromem decompose --help     # which cortical regions explain memorability in a score table
   neuromem rois --help          # the ROI set and how to define your own
+  neuromem game demo --out game_demo   # what people remember: the memory game, simulated
 
 demo finished in {time.perf_counter() - start:.0f} s"""
     )
