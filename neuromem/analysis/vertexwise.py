@@ -247,6 +247,11 @@ class GroupedVertexMoments:
     sxw_gkv: np.ndarray
     sww_gkkv: np.ndarray
 
+    @staticmethod
+    def nbytes(n_groups: int, n_w: int, n_vertices: int = N_VERTICES) -> int:
+        """Bytes one set of moments holds for ``n_groups`` levels and ``n_w`` w columns."""
+        return (n_groups + 1) * n_vertices * (n_w * n_w + 2 * n_w + 3) * 8
+
     @classmethod
     def empty(cls, n_groups: int, n_w: int, n_vertices: int = N_VERTICES
               ) -> GroupedVertexMoments:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 #: Fewest rows with a finite memorability that make a decomposition.
 MIN_ROWS = 3
 
+#: Largest set of per-category vertex moments (bytes) a partial vertex map may keep in one
+#: process: about 2,000 category levels with no covariate.
+MAX_MOMENTS_BYTES = 2 * 1024**3
+
 
 @dataclass(frozen=True)
 class DecomposeConfig(JobConfig):
@@ -152,12 +156,21 @@ def vertex_moments_ray(dataset, memorability: str, *, controls: Controls | None 
     files = sorted(dataset.files)
     log.info("vertex pass: %d Ray tasks", len(files))
     refs = [file_moments.remote(f) for f in files]
-    pending = list(refs)
+    position = {ref.hex(): i for i, ref in enumerate(refs)}
+    pending, finished, merged = list(refs), set(), 0
+    parts = []  # the moments merged so far (file order), then the next ones in file order
     with progress_bar(len(refs), desc="vertex pass (Ray)", unit="file", enabled=progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
+            finished.update(position[ref.hex()] for ref in done)
             bar.update(len(done))
-    return merge_all(ray.get(refs))
+            # fold in each file's moments as soon as every earlier file's are in, so the
+            # driver holds two sets of moments, not one per file
+            while merged in finished:
+                parts = [merge_all([*parts, ray.get(refs[merged])])]
+                refs[merged] = None  # frees the task's result in the object store
+                merged += 1
+    return merge_all(parts)
 
 
 def vertex_moments_local(dataset, memorability: str, *, controls: Controls | None = None,
@@ -263,6 +276,16 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
                              f"{MIN_ROWS} (is this the right --memorability column?)")
         frames.append(frame)
         frame_rois.append(table_rois)
+    if category and frames[0][category].notna().sum() == 0:
+        if config.category:
+            raise InputError(f"--category {category!r} has no value in {config.tables[0]}")
+        notes.append(f"The `{category}` column of the table is empty: no category control.")
+        category = None
+    for covariate in config.covariate_list:
+        if not np.isfinite(numeric_column(frames[0], covariate)).any():
+            raise InputError(f"--covariates {covariate!r} has no finite value in "
+                             f"{config.tables[0]}")
+    controls = _controls(config, frames[0], category) if config.vertices else None
     check_writable(config.out)  # every table is usable: only now make the output folder
 
     records = []
@@ -284,7 +307,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
         if config.vertices:
             figures, vertex_maps = _vertex_statistics(
                 config, primary, metadata[0], primary_records, notes, out_dir, used_ray, timer,
-                _controls(config, frames[0], category))
+                controls)
         agreement, summary = [], {}
         if len(datasets) > 1:
             table = roi_agreement(dict(zip(predictors, records, strict=True)))
@@ -318,7 +341,13 @@ def _controls(config: DecomposeConfig, frame, category: str | None) -> Controls 
         return None
     levels = () if category is None else tuple(sorted(
         {str(v) for v in frame[category].dropna().unique()}))
-    return Controls(category, levels, tuple(config.covariate_list))
+    controls = Controls(category, levels, tuple(config.covariate_list))
+    size = GroupedVertexMoments.nbytes(controls.n_groups, 1 + len(controls.covariates))
+    if size > MAX_MOMENTS_BYTES:
+        raise InputError(
+            f"the partial vertex map would keep {size / 1e9:.1f} GB of moments per Ray task: "
+            f"{category!r} has {len(levels)} levels; give a coarser --category")
+    return controls
 
 
 def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records: list[dict],
@@ -383,6 +412,11 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
         for p_key in ("mean_r", "coherence"):
             add_family_q(records, f"{prefix}spin_p_{p_key}", f"{prefix}spin_q_{p_key}")
         what = "partial r" if prefix else "r"
+        if not np.isfinite(map_v).any():
+            notes.append(f"The vertex {what} map is undefined at every vertex (too few rows "
+                         "or a constant memorability once the controls are partialled out): "
+                         "no figure.")
+            continue
         with timer.stage("figures and report"):
             figures.append((plot_surface_map(
                 map_v, out_dir / f"vertex_{prefix}r.png", roi_set=roi_set,

@@ -278,3 +278,67 @@ def test_n_images_counts_the_rows_with_a_memorability(tables, tmp_path):
     assert main(["decompose", str(partial), "--out", str(out), "--bootstrap", "0"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["n_images"] == 60 and all(r["n"] == 60 for r in results["rois"])
+
+
+def test_an_empty_category_column_is_no_control(tables, tmp_path, capsys):
+    """LaMem has no categories: its score tables carry an all-null ``category`` column. The
+    job runs without a category control (raw vertex map only, a note says why) instead of
+    failing on a partial map with no rows; naming that column explicitly is an error."""
+    base, _ = tables
+    nocat = tmp_path / "nocat"
+    nocat.mkdir()
+    for part in sorted((base / "tribe").glob("*.parquet")):
+        table = pq.read_table(part)
+        table = table.set_column(table.schema.get_field_index("category"), "category",
+                                 pa.nulls(table.num_rows, pa.string()))
+        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
+                       nocat / part.name)
+    out = tmp_path / "out"
+    assert main(["decompose", str(nocat), "--out", str(out), "--vertices", "--spins", "0",
+                 "--bootstrap", "0", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "partial" not in results["vertex_maps"] and (out / "vertex_r.png").exists()
+    assert not (out / "vertex_partial_r.npy").exists()
+    assert np.isfinite(np.load(out / "vertex_r.npy")).any()
+    assert "`category` column of the table is empty" in (out / "report.md").read_text()
+    assert main(["decompose", str(nocat), "--out", str(tmp_path / "explicit"), "--category",
+                 "category", "--bootstrap", "0"]) == 2
+    assert "--category 'category' has no value" in capsys.readouterr().err
+    assert not (tmp_path / "explicit").exists()
+    for part in sorted(nocat.glob("*.parquet")):  # an empty covariate is an error too
+        table = pq.read_table(part)
+        table = table.set_column(table.schema.get_field_index("age"), "age",
+                                 pa.nulls(table.num_rows, pa.float64()))
+        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata), part)
+    assert main(["decompose", str(nocat), "--out", str(tmp_path / "explicit"), "--covariates",
+                 "age", "--bootstrap", "0"]) == 2
+    assert "--covariates 'age' has no finite value" in capsys.readouterr().err
+
+
+def test_a_partial_map_undefined_everywhere_is_a_note_not_a_figure(tables, tmp_path, capsys,
+                                                                   monkeypatch):
+    """One category level per image leaves no within-category variance: the partial map is NaN
+    at every vertex; the run still writes the raw map and says why the partial one is absent."""
+    base, _ = tables
+    unique = tmp_path / "unique"
+    unique.mkdir()
+    for part in sorted((base / "tribe").glob("*.parquet")):
+        table = pq.read_table(part)
+        table = table.set_column(table.schema.get_field_index("category"), "category",
+                                 table.column("image_id"))
+        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
+                       unique / part.name)
+    out = tmp_path / "out"
+    assert main(["decompose", str(unique), "--out", str(out), "--vertices", "--spins", "0",
+                 "--bootstrap", "0", "--no-progress"]) == 0
+    assert np.isnan(np.load(out / "vertex_partial_r.npy")).all()
+    assert (out / "vertex_r.png").exists() and not (out / "vertex_partial_r.png").exists()
+    assert "vertex partial r map is undefined at every vertex" in (out / "report.md").read_text()
+    # too many levels for the moments to fit the memory bound: refused before any output
+    from neuromem.analysis.vertexwise import GroupedVertexMoments
+
+    monkeypatch.setattr(decompose_job, "MAX_MOMENTS_BYTES", GroupedVertexMoments.nbytes(89, 1))
+    assert main(["decompose", str(unique), "--out", str(tmp_path / "big"), "--vertices",
+                 "--bootstrap", "0"]) == 2
+    assert "'category' has 90 levels" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
