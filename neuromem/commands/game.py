@@ -20,6 +20,7 @@ admin view (``GET /admin`` with ``Authorization: Bearer TOKEN``) reads the token
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +225,7 @@ def _export(study, responses, out: str, *, n_splits: int = 100, seed: int = 0) -
 
     return export_human(responses, out, study=study.name, n_splits=n_splits, seed=seed,
                         reference_lag=sum(study.sequence.target_lag) / 2,
-                        max_vigilance_miss=study.flags.max_vigilance_miss,
-                        max_false_alarm=study.flags.max_false_alarm)
+                        flag_thresholds=asdict(study.flags))
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -248,9 +248,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from neuromem.game import compare, scoring
 
     study, responses = _study_responses(args)
-    flags = scoring.participant_flags(responses,
-                                      max_vigilance_miss=study.flags.max_vigilance_miss,
-                                      max_false_alarm=study.flags.max_false_alarm)
+    flags = scoring.participant_flags(responses, **asdict(study.flags))
     trials = compare.hit_trials(scoring.drop_flagged(responses, flags))
     result = compare.compare_conditions(trials, base=args.base, engineered=args.engineered,
                                         n_permutations=args.permutations, seed=args.seed)

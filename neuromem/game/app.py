@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote
 
@@ -231,8 +232,7 @@ class GameApp:
         report = db.progress(self.engine, self.study.name)
         frame = db.responses_frame(self.engine, self.study)
         if not frame.empty:
-            flags = participant_flags(frame, max_vigilance_miss=self.study.flags.max_vigilance_miss,
-                                      max_false_alarm=self.study.flags.max_false_alarm)
+            flags = participant_flags(frame, **asdict(self.study.flags))
             report["flagged"] = flags.loc[flags["flagged"], "participant"].astype(str).tolist()
         else:
             report["flagged"] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -22,14 +23,13 @@ import pyarrow as pa
 from neuromem.errors import InputError
 from neuromem.game.scoring import (
     IMAGE_ID,
-    MAX_FALSE_ALARM,
-    MAX_VIGILANCE_MISS,
     MEMORABILITY_HUMAN,
     drop_flagged,
     image_scores,
     participant_flags,
     split_half,
 )
+from neuromem.game.study import Flags
 
 METADATA_KEY = b"neuromem"
 HUMAN_COLUMNS = ("hit_rate", "false_alarm_rate", "n_participants")
@@ -61,8 +61,7 @@ def write_scores(scores: pd.DataFrame, out: str, metadata: Mapping[str, Any]) ->
 
 def export_human(responses: pd.DataFrame, out: str, *, study: str,
                  reference_lag: float | None = None, n_splits: int = 100, seed: int = 0,
-                 max_vigilance_miss: float = MAX_VIGILANCE_MISS,
-                 max_false_alarm: float = MAX_FALSE_ALARM) -> dict[str, Any]:
+                 flag_thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Score a study's responses and write the per-image table (what ``neuromem game export`` does).
 
     Flags participants (:func:`~neuromem.game.scoring.participant_flags`), leaves the flagged
@@ -82,8 +81,9 @@ def export_human(responses: pd.DataFrame, out: str, *, study: str,
         None: the median target lag.
     n_splits, seed : int
         Split-half splits and their seed.
-    max_vigilance_miss, max_false_alarm : float
-        Flag thresholds.
+    flag_thresholds : mapping, optional
+        Keyword arguments of :func:`~neuromem.game.scoring.participant_flags` (a study's
+        ``flags``); default: its defaults.
 
     Returns
     -------
@@ -92,8 +92,8 @@ def export_human(responses: pd.DataFrame, out: str, *, study: str,
         ``n_participants``, ``flagged`` (ids), ``alpha``, ``reference_lag``, ``split_half``
         (``rho``, ``rho_corrected``, ``n_splits``, ``seed``, ``n_images``).
     """
-    flags = participant_flags(responses, max_vigilance_miss=max_vigilance_miss,
-                              max_false_alarm=max_false_alarm)
+    thresholds = {**asdict(Flags()), **(flag_thresholds or {})}
+    flags = participant_flags(responses, **thresholds)
     kept = drop_flagged(responses, flags)
     if kept.empty:
         raise InputError(f"every participant of study {study} is flagged "
@@ -105,8 +105,7 @@ def export_human(responses: pd.DataFrame, out: str, *, study: str,
         "study": study, "n_images": len(scores),
         "n_participants": int(kept["participant"].nunique()),
         "flagged": sorted(map(str, flags.loc[flags["flagged"], "participant"])),
-        "flag_thresholds": {"max_vigilance_miss": max_vigilance_miss,
-                            "max_false_alarm": max_false_alarm},
+        "flag_thresholds": thresholds,
         "alpha": scores.attrs["alpha"], "reference_lag": scores.attrs["reference_lag"],
         "split_half": {"rho": consistency.rho, "rho_corrected": consistency.rho_corrected,
                        "n_splits": n_splits, "seed": seed, "n_images": consistency.n_images},

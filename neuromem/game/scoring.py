@@ -43,6 +43,8 @@ LAG = "lag"
 RESPONSE = "response"
 RESPONSE_COLUMNS = (PARTICIPANT, IMAGE_ID, KIND, REPEAT, LAG, RESPONSE)
 """Columns every response record has."""
+RT_MS = "rt_ms"
+"""Optional column: milliseconds from image onset to the press (NaN without a press)."""
 
 TARGET, VIGILANCE, FILLER = "target", "vigilance", "filler"
 KINDS = (TARGET, VIGILANCE, FILLER)
@@ -56,6 +58,11 @@ MEMORABILITY_HUMAN = "memorability_human"
 #: 30 % of the first showings, is flagged. The rule is LaMem's; the numbers are this project's.
 MAX_VIGILANCE_MISS = 0.5
 MAX_FALSE_ALARM = 0.3
+#: A participant whose presses have a median response time under this many milliseconds from
+#: image onset is flagged: in rapid go/no-go picture categorisation the brain signals the
+#: decision at ~150 ms and the fastest presses come later still (Thorpe et al. 1996), so a
+#: median press under 200 ms anticipates the image instead of answering it.
+MIN_MEDIAN_RT_MS = 200.0
 
 
 def check_responses(responses: pd.DataFrame) -> None:
@@ -319,8 +326,10 @@ def expected_split_half(memorability: np.ndarray, n_per_half: float) -> float:
 
 
 def participant_flags(responses: pd.DataFrame, *, max_vigilance_miss: float = MAX_VIGILANCE_MISS,
-                      max_false_alarm: float = MAX_FALSE_ALARM) -> pd.DataFrame:
-    """Per participant: vigilance miss rate, false-alarm rate and whether they are flagged.
+                      max_false_alarm: float = MAX_FALSE_ALARM,
+                      min_median_rt_ms: float = MIN_MEDIAN_RT_MS) -> pd.DataFrame:
+    """Per participant: vigilance miss rate, false-alarm rate, median response time and whether
+    they are flagged.
 
     Parameters
     ----------
@@ -330,13 +339,17 @@ def participant_flags(responses: pd.DataFrame, *, max_vigilance_miss: float = MA
         Flag when more than this fraction of the vigilance repeats went undetected.
     max_false_alarm : float
         Flag when more than this fraction of first showings drew a response.
+    min_median_rt_ms : float
+        Flag when the median response time of the participant's presses is below this
+        (milliseconds from image onset; only where the record has an ``rt_ms`` column).
 
     Returns
     -------
     pandas.DataFrame
         One row per participant (sorted): ``participant``, ``n_trials``, ``vigilance_repeats``,
         ``vigilance_miss_rate`` (NaN without vigilance repeats), ``false_alarm_rate``,
-        ``hit_rate`` (target repeats), ``flagged`` (bool) and ``reason`` ("" when not flagged).
+        ``hit_rate`` (target repeats), ``median_rt_ms`` (NaN without presses or times),
+        ``flagged`` (bool) and ``reason`` ("" when not flagged).
     """
     check_responses(responses)
     frame = responses.assign(_resp=responses[RESPONSE].astype(float),
@@ -350,12 +363,21 @@ def participant_flags(responses: pd.DataFrame, *, max_vigilance_miss: float = MA
     table["vigilance_miss_rate"] = (1.0 - vigilance.mean()).reindex(table.index)
     table["false_alarm_rate"] = firsts.mean().reindex(table.index)
     table["hit_rate"] = targets.mean().reindex(table.index)
-    misses = table["vigilance_miss_rate"].to_numpy() > max_vigilance_miss
-    alarms = table["false_alarm_rate"].to_numpy() > max_false_alarm
-    table["flagged"] = misses | alarms
-    table["reason"] = [", ".join(r for r, on in ((f"vigilance misses > {max_vigilance_miss:g}", m),
-                                                 (f"false alarms > {max_false_alarm:g}", a)) if on)
-                       for m, a in zip(misses, alarms, strict=True)]
+    if RT_MS in frame:
+        presses = frame[frame["_resp"] > 0]
+        table["median_rt_ms"] = (pd.to_numeric(presses[RT_MS], errors="coerce")
+                                 .groupby(presses[PARTICIPANT]).median().reindex(table.index))
+    else:
+        table["median_rt_ms"] = np.nan
+    rules = [(f"vigilance misses > {max_vigilance_miss:g}",
+              table["vigilance_miss_rate"].to_numpy() > max_vigilance_miss),
+             (f"false alarms > {max_false_alarm:g}",
+              table["false_alarm_rate"].to_numpy() > max_false_alarm),
+             (f"median response time < {min_median_rt_ms:g} ms",
+              table["median_rt_ms"].to_numpy() < min_median_rt_ms)]
+    table["flagged"] = np.logical_or.reduce([on for _, on in rules])
+    table["reason"] = [", ".join(reason for (reason, _), on in zip(rules, row, strict=True) if on)
+                       for row in zip(*(on for _, on in rules), strict=True)]
     return table.reset_index()
 
 

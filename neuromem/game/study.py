@@ -15,7 +15,7 @@ A study is one YAML file; image paths are relative to it::
       target_lag: [91, 109]            # positions between a target's two showings
       vigilance: 12                    # vigilance repeats per participant
       vigilance_lag: [1, 7]
-    flags: {max_vigilance_miss: 0.5, max_false_alarm: 0.5}
+    flags: {max_vigilance_miss: 0.5, max_false_alarm: 0.5, min_median_rt_ms: 200}
 
 Images with a ``condition`` are the ones measured (targets); those without are fillers.
 Defaults follow the LaMem protocol (Isola et al. 2011; Khosla et al. 2015) where it states one.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from neuromem.errors import InputError
-from neuromem.game.scoring import MAX_FALSE_ALARM, MAX_VIGILANCE_MISS
+from neuromem.game.scoring import MAX_FALSE_ALARM, MAX_VIGILANCE_MISS, MIN_MEDIAN_RT_MS
 
 #: Image formats the page can show.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
@@ -55,10 +55,12 @@ class SequenceSettings:
 
 @dataclass(frozen=True)
 class Flags:
-    """A participant is flagged above these rates (LaMem discards such workers)."""
+    """A participant is flagged above these rates (LaMem discards such workers), or below this
+    median response time (:func:`neuromem.game.scoring.participant_flags`)."""
 
     max_vigilance_miss: float = MAX_VIGILANCE_MISS
     max_false_alarm: float = MAX_FALSE_ALARM
+    min_median_rt_ms: float = MIN_MEDIAN_RT_MS
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,11 @@ def test_export_leaves_flagged_participants_out_and_records_the_consistency(tmp_
         split_half(good, n_splits=5, seed=0, reference_lag=100).rho)
     with pytest.raises(InputError, match="every participant"):
         export_human(sleepy, str(out), study="s")
+    # a study's own thresholds are used and recorded
+    lenient = export_human(responses, str(out), study="s", n_splits=5,
+                           flag_thresholds={"max_vigilance_miss": 1.0})
+    assert lenient["flagged"] == [] and lenient["flag_thresholds"] == {
+        "max_vigilance_miss": 1.0, "max_false_alarm": 0.3, "min_median_rt_ms": 200.0}
 
 
 def test_exported_human_memorability_feeds_decompose(tmp_path):

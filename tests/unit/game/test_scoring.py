@@ -150,6 +150,29 @@ def test_participants_who_miss_vigilance_or_false_alarm_are_flagged():
     assert not lenient["flagged"].any()
 
 
+def test_participants_who_press_before_they_could_see_the_image_are_flagged():
+    truth = np.full(20, 0.7)
+    responses = simulate_records(truth, 4, seed=13)
+    rng = np.random.default_rng(0)
+    fast = responses["participant"].isin(["p000", "p001"])
+    # p000 presses at 80-180 ms, p001 at 150-260 ms (median ~205: kept), the others at 400-900
+    rt = np.where(responses["participant"] == "p000", rng.uniform(80, 180, len(responses)),
+                  np.where(fast, rng.uniform(150, 260, len(responses)),
+                           rng.uniform(400, 900, len(responses))))
+    responses["rt_ms"] = np.where(responses["response"], rt, np.nan)
+    flags = participant_flags(responses).set_index("participant")
+    expected = {p: float(np.median(responses.loc[(responses["participant"] == p)
+                                                 & responses["response"], "rt_ms"]))
+                for p in flags.index}
+    np.testing.assert_allclose(flags["median_rt_ms"], [expected[p] for p in flags.index])
+    assert expected["p001"] > 200 > expected["p000"]
+    assert set(flags.index[flags["flagged"]]) == {"p000"}
+    assert flags.loc["p000", "reason"] == "median response time < 200 ms"
+    assert not participant_flags(responses, min_median_rt_ms=50)["flagged"].any()
+    # a record without times (older exports, other tools) flags on rates alone
+    assert participant_flags(responses.drop(columns="rt_ms"))["median_rt_ms"].isna().all()
+
+
 def test_bad_records_fail_with_one_clear_message():
     with pytest.raises(InputError, match="lacks the columns"):
         image_scores(pd.DataFrame({"participant": ["a"]}))
