@@ -28,6 +28,7 @@ import numpy as np
 
 from neuromem.commands import options
 from neuromem.errors import InputError
+from neuromem.game.server import SESSIONS_PER_MINUTE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
@@ -65,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_db(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--sessions-per-minute", type=int, default=SESSIONS_PER_MINUTE,
+                       help="new sessions one client address may start in any minute; more are "
+                            "refused with 429 (0: no limit; default %(default)s)")
     _add_admin(serve)
     options.add_seed(serve, what="the participants' sequences")
 
@@ -196,10 +200,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from neuromem.game.server import admin_token, serve
     from neuromem.game.study import load_study
 
+    if args.sessions_per_minute < 0:
+        raise InputError("--sessions-per-minute must be 0 (no limit) or positive")
     study = load_study(args.study)
     engine = db.connect(args.db)
     token_file = _admin_token_path(args)
-    app = create_app(study, engine, admin_token(token_file), seed=args.seed)
+    app = create_app(study, engine, admin_token(token_file), seed=args.seed,
+                     sessions_per_minute=args.sessions_per_minute)
     print(f"serving study {study.name} on http://{args.host}:{args.port}/?PROLIFIC_PID=... "
           f"(admin token in {token_file}); Ctrl-C stops")
     serve(app, args.host, args.port)
@@ -330,7 +337,9 @@ def _simulate_locally(study, url: str, truth, participants: int, behaviour, conc
     from neuromem.game.simulate import simulate
 
     engine = db.connect(url)
-    with background(create_app(study, engine, secrets.token_urlsafe(32), seed=seed)) as base:
+    # the only client is this process's simulation: no session rate limit
+    with background(create_app(study, engine, secrets.token_urlsafe(32), seed=seed,
+                               sessions_per_minute=0)) as base:
         return simulate(base, truth, participants, behaviour=behaviour, concurrency=concurrency,
                         seed=seed)
 

@@ -13,7 +13,8 @@ Routes
 ``GET /``                    the page (``?PROLIFIC_PID=..&STUDY_ID=..&SESSION_ID=..`` or MTurk's
                              ``workerId``/``assignmentId``)
 ``POST /api/session``        ``{participant, platform?, study_key?, session_key?}`` → 201
-                             ``{token, total, image_ms, gap_ms}``; 409 for a second session
+                             ``{token, total, image_ms, gap_ms}``; 409 for a second session;
+                             429 (``Retry-After``) past the client address's session rate
 ``GET /api/next``            ``?token=`` → ``{position, image, total}`` or ``{done, completion_code}``
 ``POST /api/response``       ``{token, position, responded, rt_ms}`` → the next trial, as above
 ``GET /images/{image_id}``   a study image
@@ -27,6 +28,8 @@ import json
 import logging
 import math
 import re
+import time
+from collections import defaultdict, deque
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote
@@ -41,6 +44,7 @@ from starlette.routing import Route
 from neuromem.game import db
 from neuromem.game.scoring import participant_flags
 from neuromem.game.sequence import build_sequence, choose_targets
+from neuromem.game.server import SESSIONS_PER_MINUTE
 from neuromem.game.study import Study
 
 log = logging.getLogger(__name__)
@@ -57,11 +61,11 @@ STATIC = Path(__file__).with_name("static")
 
 
 class BadRequest(Exception):
-    """A request the API refuses; ``status`` is the HTTP status."""
+    """A request the API refuses; ``status`` is the HTTP status, ``headers`` extra headers."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 async def _json_body(request: Request) -> dict:
@@ -102,13 +106,21 @@ def _field(payload: dict, name: str, kind, *, required: bool = True, max_len: in
 
 
 class GameApp:
-    """State of one served study: the study, the database, the admin token, a seeded RNG."""
+    """State of one served study: the study, the database, the admin token, a seeded RNG, and
+    the recent session starts of each client address (``sessions_per_minute`` of them at most
+    in any 60 s; 0: no limit)."""
 
-    def __init__(self, study: Study, engine: sa.Engine, admin_token: str, seed: int = 0):
+    def __init__(self, study: Study, engine: sa.Engine, admin_token: str, seed: int = 0,
+                 sessions_per_minute: int = SESSIONS_PER_MINUTE):
         if len(admin_token) < 16:
             raise ValueError("the admin token must have at least 16 characters")
+        if sessions_per_minute < 0:
+            raise ValueError("sessions_per_minute must be 0 (no limit) or positive")
         self.study, self.engine, self.admin_token = study, engine, admin_token
         self.rng = np.random.default_rng(seed)
+        self.sessions_per_minute = sessions_per_minute
+        self.clock = time.monotonic
+        self._starts: dict[str, deque[float]] = defaultdict(deque)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -131,6 +143,20 @@ class GameApp:
         return {"done": False, "position": position,
                 "image": f"/images/{quote(image_id, safe='/')}", "total": total}
 
+    def _check_rate(self, request: Request) -> None:
+        """Refuse (429) a session start past the client address's rate; count it otherwise."""
+        if not self.sessions_per_minute:
+            return
+        now = self.clock()
+        starts = self._starts[request.client.host if request.client else ""]
+        while starts and now - starts[0] >= 60.0:
+            starts.popleft()
+        if len(starts) >= self.sessions_per_minute:
+            raise BadRequest(429, f"more than {self.sessions_per_minute} new sessions a minute "
+                                  "from this address; try again shortly",
+                             headers={"Retry-After": str(math.ceil(60.0 - (now - starts[0])))})
+        starts.append(now)
+
     # -- routes -------------------------------------------------------------------------------
 
     async def page(self, request: Request):
@@ -149,6 +175,7 @@ class GameApp:
         return FileResponse(image.path, headers={"Cache-Control": "private, max-age=3600"})
 
     async def new_session(self, request: Request):
+        self._check_rate(request)
         payload = await _json_body(request)
         participant = _field(payload, "participant", str)
         platform = _field(payload, "platform", str, required=False) or "direct"
@@ -239,14 +266,17 @@ class GameApp:
         return JSONResponse(report)
 
 
-def create_app(study: Study, engine: sa.Engine, admin_token: str, seed: int = 0) -> Starlette:
-    """The ASGI app serving ``study`` with responses stored through ``engine``."""
-    game = GameApp(study, engine, admin_token, seed)
+def create_app(study: Study, engine: sa.Engine, admin_token: str, seed: int = 0,
+               sessions_per_minute: int = SESSIONS_PER_MINUTE) -> Starlette:
+    """The ASGI app serving ``study`` with responses stored through ``engine``; at most
+    ``sessions_per_minute`` new sessions per client address in any 60 s (0: no limit). Its
+    :class:`GameApp` is ``app.state.game``."""
+    game = GameApp(study, engine, admin_token, seed, sessions_per_minute)
 
     async def refuse(request: Request, error: BadRequest):
-        return JSONResponse({"error": str(error)}, error.status)
+        return JSONResponse({"error": str(error)}, error.status, headers=error.headers)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", game.page),
             Route("/static/{name}", game.static),
@@ -258,3 +288,5 @@ def create_app(study: Study, engine: sa.Engine, admin_token: str, seed: int = 0)
         ],
         exception_handlers={BadRequest: refuse},
     )
+    app.state.game = game
+    return app

@@ -13,6 +13,12 @@ from pathlib import Path
 
 from neuromem.errors import InputError
 
+#: New sessions one client address may start in any 60 s by default: a lab running many
+#: participants behind one address stays under it; a script creating sessions in a loop does
+#: not. Behind a reverse proxy on the same host, uvicorn takes the address from
+#: ``X-Forwarded-For``.
+SESSIONS_PER_MINUTE = 60
+
 
 def admin_token(path: str | Path) -> str:
     """The admin token kept in ``path`` (created with a random token, mode 0600, if missing)."""

@@ -33,6 +33,8 @@ class Behaviour:
     vigilance_hit: float = 0.95
     false_alarm: float = 0.05
     short_lag: int = 7
+    rt_fraction: tuple[float, float] = (0.3, 0.9)
+    """A press comes at a uniform fraction of the response window (image + gap) in this range."""
 
 
 def play_participant(base_url: str, participant: str, memorability: Mapping[str, float],
@@ -72,7 +74,8 @@ def play_participant(base_url: str, participant: str, memorability: Mapping[str,
             responded = bool(rng.random() < p)
             reply = client.post("/api/response", json={
                 "token": token, "position": trial["position"], "responded": responded,
-                "rt_ms": float(rng.uniform(0.3, 0.9) * window_ms) if responded else None})
+                "rt_ms": float(rng.uniform(*behaviour.rt_fraction) * window_ms)
+                if responded else None})
             if reply.status_code != 200:
                 raise InputError(f"response of {participant} refused: {reply.status_code} "
                                  f"{reply.text[:200]}")

@@ -64,6 +64,10 @@ def test_make_simulate_export_compare(tmp_path, capsys):
     assert main(["game", "simulate", str(study_file), "--db", db, "--participants", "2",
                  "--seed", "1"]) == 2
     assert "already has a session" in capsys.readouterr().err
+    # a negative session rate is refused before the server starts
+    assert main(["game", "serve", str(study_file), "--db", db,
+                 "--sessions-per-minute", "-1"]) == 2
+    assert "--sessions-per-minute must be 0" in capsys.readouterr().err
 
 
 def test_make_refuses_bad_folders_in_one_line(tmp_path, capsys):

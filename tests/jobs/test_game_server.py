@@ -319,8 +319,9 @@ def test_admin_view_needs_its_token_which_no_page_shows(served):
 
 
 def test_sloppy_participants_are_flagged(served, study):
-    """A participant who false-alarms at most first showings, and one who misses the vigilance
-    repeats, are flagged in the admin view; a careful one is not."""
+    """A participant who false-alarms at most first showings, one who misses the vigilance
+    repeats, and one who presses within 140 ms of image onset, are flagged in the admin view;
+    a careful one is not."""
     base, _, _ = served
     _, truth = study
     play_participant(base, "careful", truth, Behaviour(noise=0, false_alarm=0.0,
@@ -328,9 +329,33 @@ def test_sloppy_participants_are_flagged(served, study):
     play_participant(base, "trigger-happy", truth, Behaviour(false_alarm=0.9, short_lag=4), 1)
     play_participant(base, "asleep", truth, Behaviour(vigilance_hit=0.0, false_alarm=0.0,
                                                       short_lag=4), 2)
+    play_participant(base, "hasty", truth, Behaviour(noise=0, false_alarm=0.0, vigilance_hit=1.0,
+                                                     short_lag=4, rt_fraction=(0.0, 0.1)), 3)
     flagged = httpx.get(f"{base}/admin", headers={"Authorization": f"Bearer {ADMIN}"}
                         ).json()["flagged"]
-    assert {"trigger-happy", "asleep"} <= set(flagged) and "careful" not in flagged
+    assert {"trigger-happy", "asleep", "hasty"} <= set(flagged) and "careful" not in flagged
+
+
+def test_session_starts_past_the_rate_of_an_address_are_refused(study, tmp_path):
+    """Four session starts from one address with a limit of 3 a minute: the fourth gets 429 with
+    Retry-After and stores nothing; once the first start is a minute old, one more is allowed."""
+    study, _ = study
+    engine = db.connect(f"sqlite:///{tmp_path / 'game.db'}")
+    app = create_app(study, engine, ADMIN, seed=0, sessions_per_minute=3)
+    now = [1000.0]
+    app.state.game.clock = lambda: now[0]
+    with background(app) as base, httpx.Client(base_url=base) as client:
+        for k in range(3):
+            _session(client, f"lab-{k}")
+            now[0] += 10.0
+        before = _stored(engine)
+        refused = client.post("/api/session", json={"participant": "lab-3"})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "30"
+        assert "new sessions a minute" in refused.json()["error"]
+        assert _stored(engine) == before
+        now[0] = 1060.0  # the first start has left the window
+        _session(client, "lab-3")
+    engine.dispose()
 
 
 def test_serve_command_keeps_tokens_out_of_its_output(study, tmp_path):
