@@ -41,11 +41,11 @@ part() {  # part NAME CAP_SECONDS COMMAND...
 if [ $tiny -eq 1 ]; then
   part encoders 120 $py benchmarks/encoders.py --iters 1 --repeats 1 --warmup 0 \
     --out "$out/encoders.json"
-  part score 240 $py benchmarks/score_throughput.py --n 48 --batch-size 8 --actors 1 \
+  part score 240 $py benchmarks/score_throughput.py --n 16 --batch-size 8 --actors 1 \
     --work "$work/score" --out "$out/score_throughput.json"
   part guidance 180 $py benchmarks/guidance.py --steps 2 --batch 1 --repeats 1 \
     --out "$out/guidance.json"
-  part draft 240 $py benchmarks/draft.py --steps 3 --warmup 1 --out "$out/draft.json"
+  part draft 240 $py benchmarks/draft.py --steps 2 --warmup 1 --out "$out/draft.json"
   part vertex 120 $py benchmarks/vertex_corr.py --rows 2048 --naive-vertices 10 \
     --pandas-rows 256 --table "$work/vertex" --out "$out/vertex_corr.json"
   part tribe_protocols 120 $py benchmarks/tribe_protocols.py --images 4 --batch-size 2 \
