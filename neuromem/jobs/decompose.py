@@ -157,8 +157,7 @@ def vertex_moments_ray(dataset, memorability: str, *, controls: Controls | None 
     log.info("vertex pass: %d Ray tasks", len(files))
     refs = [file_moments.remote(f) for f in files]
     position = {ref.hex(): i for i, ref in enumerate(refs)}
-    pending, finished, merged = list(refs), set(), 0
-    parts = []  # the moments merged so far (file order), then the next ones in file order
+    pending, finished, merged, total = list(refs), set(), 0, None
     with progress_bar(len(refs), desc="vertex pass (Ray)", unit="file", enabled=progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -167,10 +166,11 @@ def vertex_moments_ray(dataset, memorability: str, *, controls: Controls | None 
             # fold in each file's moments as soon as every earlier file's are in, so the
             # driver holds two sets of moments, not one per file
             while merged in finished:
-                parts = [merge_all([*parts, ray.get(refs[merged])])]
+                part = ray.get(refs[merged])
+                total = part if total is None else total.merge(part)
                 refs[merged] = None  # frees the task's result in the object store
                 merged += 1
-    return merge_all(parts)
+    return merge_all([] if total is None else [total])  # no file: merge_all's clear error
 
 
 def vertex_moments_local(dataset, memorability: str, *, controls: Controls | None = None,

@@ -280,19 +280,24 @@ def test_n_images_counts_the_rows_with_a_memorability(tables, tmp_path):
     assert results["n_images"] == 60 and all(r["n"] == 60 for r in results["rois"])
 
 
+def _with_column(source, dest, column, values) -> None:
+    """Copy the score table ``source`` to ``dest`` with ``column`` replaced by
+    ``values(table)`` in every part (metadata kept)."""
+    dest.mkdir(exist_ok=True)
+    for part in sorted(source.glob("*.parquet")):
+        table = pq.read_table(part)
+        table = table.set_column(table.schema.get_field_index(column), column, values(table))
+        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
+                       dest / part.name)
+
+
 def test_an_empty_category_column_is_no_control(tables, tmp_path, capsys):
     """LaMem has no categories: its score tables carry an all-null ``category`` column. The
     job runs without a category control (raw vertex map only, a note says why) instead of
     failing on a partial map with no rows; naming that column explicitly is an error."""
     base, _ = tables
     nocat = tmp_path / "nocat"
-    nocat.mkdir()
-    for part in sorted((base / "tribe").glob("*.parquet")):
-        table = pq.read_table(part)
-        table = table.set_column(table.schema.get_field_index("category"), "category",
-                                 pa.nulls(table.num_rows, pa.string()))
-        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
-                       nocat / part.name)
+    _with_column(base / "tribe", nocat, "category", lambda t: pa.nulls(t.num_rows, pa.string()))
     out = tmp_path / "out"
     assert main(["decompose", str(nocat), "--out", str(out), "--vertices", "--spins", "0",
                  "--bootstrap", "0", "--no-progress"]) == 0
@@ -305,11 +310,8 @@ def test_an_empty_category_column_is_no_control(tables, tmp_path, capsys):
                  "category", "--bootstrap", "0"]) == 2
     assert "--category 'category' has no value" in capsys.readouterr().err
     assert not (tmp_path / "explicit").exists()
-    for part in sorted(nocat.glob("*.parquet")):  # an empty covariate is an error too
-        table = pq.read_table(part)
-        table = table.set_column(table.schema.get_field_index("age"), "age",
-                                 pa.nulls(table.num_rows, pa.float64()))
-        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata), part)
+    # an empty covariate is an error too
+    _with_column(nocat, nocat, "age", lambda t: pa.nulls(t.num_rows, pa.float64()))
     assert main(["decompose", str(nocat), "--out", str(tmp_path / "explicit"), "--covariates",
                  "age", "--bootstrap", "0"]) == 2
     assert "--covariates 'age' has no finite value" in capsys.readouterr().err
@@ -321,13 +323,7 @@ def test_a_partial_map_undefined_everywhere_is_a_note_not_a_figure(tables, tmp_p
     at every vertex; the run still writes the raw map and says why the partial one is absent."""
     base, _ = tables
     unique = tmp_path / "unique"
-    unique.mkdir()
-    for part in sorted((base / "tribe").glob("*.parquet")):
-        table = pq.read_table(part)
-        table = table.set_column(table.schema.get_field_index("category"), "category",
-                                 table.column("image_id"))
-        pq.write_table(table.replace_schema_metadata(pq.read_schema(part).metadata),
-                       unique / part.name)
+    _with_column(base / "tribe", unique, "category", lambda t: t.column("image_id"))
     out = tmp_path / "out"
     assert main(["decompose", str(unique), "--out", str(out), "--vertices", "--spins", "0",
                  "--bootstrap", "0", "--no-progress"]) == 0
