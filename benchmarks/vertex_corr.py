@@ -7,7 +7,9 @@ pinned to ``--cores`` CPUs with as many BLAS threads:
 
 - ``streaming``: :func:`neuromem.analysis.vertex_pearson`, one pass over the row groups
   (targets: ≤ 10 s and ≤ 1 GB peak resident memory for 58,000 rows on 2 cores);
-- ``read_vertices``: :func:`neuromem.read_vertices` of the whole table as float16;
+- ``read_vertices``: :func:`neuromem.read_vertices` of the whole table as float16, three times
+  (target: median ≤ 2 s for 58,000 rows on 2 cores; a fresh 2.4 GB array is mostly first-touch
+  page faults, whose cost varies from run to run on a virtual machine);
 - ``naive``: a :func:`scipy.stats.pearsonr` call per vertex, timed on ``--naive-vertices``
   vertices and extrapolated to 20,484, plus the time to decode the table;
 - ``pandas``: ``pandas.read_parquet`` of the table, rows turned into a float64 matrix, then
@@ -234,8 +236,8 @@ def main() -> int:
         print(f"table: {written}", flush=True)
         streaming = _run_child("streaming", str(root))
         print(f"streaming: {streaming}", flush=True)
-        read = _run_child("read_vertices", str(root))
-        print(f"read_vertices: {read}", flush=True)
+        reads = [_run_child("read_vertices", str(root)) for _ in range(3)]
+        print(f"read_vertices: {reads}", flush=True)
         naive = _run_child("naive", str(root), str(args.naive_vertices))
         print(f"naive: {naive}", flush=True)
         pandas_ = _run_child("pandas", str(root), str(args.pandas_rows), str(args.rows))
@@ -262,7 +264,14 @@ def main() -> int:
             "meets_10s": best <= 10,
             "meets_1gb": streaming["peak_rss_mb"] <= 1024,
         },
-        "read_vertices": read,
+        "read_vertices": {
+            "seconds": [read["seconds"] for read in reads],
+            "cpu_seconds": [read["cpu_seconds"] for read in reads],
+            "rows": reads[0]["rows"],
+            "peak_rss_mb": max(read["peak_rss_mb"] for read in reads),
+            "median_seconds": float(np.median([read["seconds"] for read in reads])),
+            "meets_2s": float(np.median([read["seconds"] for read in reads])) <= 2,
+        },
         "naive_scipy_loop": naive,
         "pandas_first": pandas_,
         "speedup_vs_naive": naive["seconds_extrapolated"] / best,
@@ -282,7 +291,8 @@ def main() -> int:
         f"vertex Pearson, {args.rows} rows, {args.cores} cores: {best:.2f} s, peak "
         f"{streaming['peak_rss_mb']:.0f} MB; naive scipy loop ≈ {naive['seconds_extrapolated']:.0f} s "
         f"({results['speedup_vs_naive']:.0f}×), pandas first ≈ {pandas_['seconds_extrapolated']:.0f} s "
-        f"({results['speedup_vs_pandas']:.1f}×)"
+        f"({results['speedup_vs_pandas']:.1f}×); read_vertices median "
+        f"{results['read_vertices']['median_seconds']:.2f} s"
     )
     return 0
 

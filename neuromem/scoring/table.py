@@ -305,7 +305,7 @@ def read_vertices(
     column: str = VERTICES_COLUMN,
     dtype: np.dtype | type = np.float16,
     filesystem=None,
-    n_threads: int = 2,
+    n_threads: int = 3,
 ) -> np.ndarray:
     """Read a score table's vertex responses as a ``(N, 20484)`` array.
 
@@ -325,8 +325,11 @@ def read_vertices(
     filesystem : pyarrow.fs.FileSystem, optional
         Filesystem for a path that is not a URI.
     n_threads : int
-        Files read and decoded at once when ``rows`` is not given (58,000 rows in about 2 s
-        on 2 cores; see ``benchmarks/vertex_corr.py``).
+        Files read and decoded at once when ``rows`` is not given. Most of the time goes to
+        first-touch page faults of the fresh output array, whose latency a thread more than
+        the cores hides: 58,000 rows on 2 cores took 1.3-1.6 s (5 runs, median 1.5 s) with 3
+        threads, 1.4-2.1 s (median 1.7 s) with 2 (fresh processes, quiet machine; see
+        ``benchmarks/vertex_corr.py``).
 
     Returns
     -------
