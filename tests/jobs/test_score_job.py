@@ -123,7 +123,7 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
 
 def test_killed_run_resumes_exactly_once(ray_local, tmp_path):
     root, out = tmp_path / "lamem", tmp_path / "scores"
-    truth = synthetic.write_lamem(root, n_images=200, seed=6, image_size=32)
+    truth = synthetic.write_lamem(root, n_images=120, seed=6, image_size=32)
     command = [
         sys.executable, "-m", "pipelines.score", "-v", "--dataset", "lamem", "--root", str(root),
         "--encoder", ENCODER, "--out", str(out), "--batch-size", "2", "--rows-per-part", "4", "--no-progress",
@@ -298,7 +298,7 @@ def test_files_that_are_not_images_are_counted(ray_local, folder, tmp_path, caps
     assert "files that are not images, not scored: 1 .csv, 1 .heic, 1 .txt" in printed  # csv: scores
 
 
-def test_ctrl_c_keeps_the_parts_prints_the_summary_and_leaves_no_ray_behind(tmp_path):
+def test_ctrl_c_keeps_the_parts_prints_the_summary_and_leaves_no_ray_behind(ray_local, tmp_path):
     root, out = tmp_path / "lamem", tmp_path / "scores"
     truth = synthetic.write_lamem(root, n_images=120, seed=7, image_size=32)
     command = [
@@ -330,9 +330,9 @@ def test_ctrl_c_keeps_the_parts_prints_the_summary_and_leaves_no_ray_behind(tmp_
     assert not alive, f"Ray processes left behind: {[p.name() for p in alive]}"
     written = PartWriter(str(out)).written_keys()
     assert 0 < len(written) < len(truth)
+    # resumed on the session's Ray with other batching (settings that do not change a row)
     summary = run_score(ScoreConfig(dataset="lamem", root=str(root), encoder=ENCODER,
-                                    out=str(out), batch_size=2, rows_per_part=4,
-                                    no_progress=True))
+                                    out=str(out), batch_size=16, no_progress=True))
     assert summary.skipped == len(written) and summary.rows == len(truth) - len(written)
     ids = open_table(out).to_table(columns=["image_id"]).column(0).to_pylist()
     assert sorted(ids) == sorted(truth["image_id"])
