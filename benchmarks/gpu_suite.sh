@@ -16,7 +16,8 @@ out=benchmarks/results/gpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) tiny=1 ;;
-    --out) out="$2"; shift ;;
+    --out) [ $# -ge 2 ] || { echo "gpu_suite.sh: --out needs a folder" >&2; exit 2; }
+           out="$2"; shift ;;
     -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "gpu_suite.sh: unknown option $1" >&2; exit 2 ;;
   esac
