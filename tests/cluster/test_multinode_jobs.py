@@ -111,9 +111,16 @@ def test_tune_guidance_job_places_trials_on_their_gpu_type(cluster, tmp_path):
         "size": 32,
         "search_space": {
             "scale": {"uniform": [1000.0, 30000.0]},
+            "surrogate_layer": {"choice": [None, 2]},
+            "grad_path": {"choice": ["x0", "unet"]},
+            "blur_sigma": {"uniform": [0.0, 1.0]},
             "inference_steps": 2,
+            "first_step_frac": 0.0,
+            "last_step_frac": 1.0,
             "accelerator_type": {"grid_search": list(ACCELERATORS)},
         },
+        "num_samples": 1,
+        "asha": {"grace_period": 1, "reduction_factor": 2},
         "resources": {"CPU": 1, "GPU": 1},
     }
     config_path = tmp_path / "guidance.yaml"
@@ -126,9 +133,16 @@ def test_tune_guidance_job_places_trials_on_their_gpu_type(cluster, tmp_path):
     assert trials["node_id"].nunique() == len(ACCELERATORS)  # one trial on each GPU node
     assert trials["training_iteration"].between(1, len(config["prompts"])).all()  # ASHA stops
     assert (trials["images"] == trials["training_iteration"]).all()
+    assert np.isfinite(trials["score"]).all() and trials["config/scale"].between(1e3, 3e4).all()
+    np.testing.assert_allclose(trials["score"],
+                               trials["gain"] - trials["artifact"] - trials["fidelity_loss"])
     best = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best["metrics"]["score"] == pytest.approx(trials["score"].max())
     assert best["guide"]["encoder"] == ENCODER and best["guide"]["inference_steps"] == 2
+    assert best["eval_encoder"] == "tribev2:tiny"
+    assert (best["guide"]["first_step"], best["guide"]["last_step"]) == (0, 1)
+    assert best["guide"]["surrogate_layer"] in (None, 2) and best["guide"]["trunc_layer"] is None
+    assert best["guide"]["grad_path"] in ("x0", "unet")
 
 
 def table_ids(folder: Path) -> list[str]:

@@ -121,31 +121,54 @@ def test_lamem_scores_errors_and_resume(ray_local, tmp_path, encoder, roi_set):
         assert column.compression == "UNCOMPRESSED" and not column.has_dictionary_page
 
 
-def test_killed_run_resumes_exactly_once(ray_local, tmp_path):
-    root, out = tmp_path / "lamem", tmp_path / "scores"
-    truth = synthetic.write_lamem(root, n_images=120, seed=6, image_size=32)
+def _start_driver(root, out) -> tuple[subprocess.Popen, list[str]]:
+    """``python -m pipelines.score`` in its own session (it starts its own local Ray), returned
+    once it reports a written part, with the lines of its stderr so far."""
     command = [
         sys.executable, "-m", "pipelines.score", "-v", "--dataset", "lamem", "--root", str(root),
-        "--encoder", ENCODER, "--out", str(out), "--batch-size", "2", "--rows-per-part", "4", "--no-progress",
+        "--encoder", ENCODER, "--out", str(out), "--batch-size", "2", "--rows-per-part", "4",
+        "--no-progress",
     ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    # The driver starts its own local Ray; kill it (SIGKILL) as soon as it reports a part.
-    driver = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    driver = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, start_new_session=True)
     wrote = threading.Event()
+    stderr_lines: list[str] = []
 
     def watch(stream):
         for line in stream:
+            stderr_lines.append(line)
             if "wrote part" in line:
                 wrote.set()
 
     threading.Thread(target=watch, args=(driver.stderr,), daemon=True).start()
     assert wrote.wait(timeout=300), "the driver wrote no part"
+    return driver, stderr_lines
+
+
+def test_ctrl_c_then_a_killed_run_resume_exactly_once(ray_local, tmp_path):
+    """Interrupted twice (Ctrl-C, then SIGKILL of a rerun), then resumed: every row once."""
+    root, out = tmp_path / "lamem", tmp_path / "scores"
+    truth = synthetic.write_lamem(root, n_images=120, seed=7, image_size=32)
+
+    driver, stderr_lines = _start_driver(root, out)
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
+    stdout, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 130, (stdout, stderr_lines[-5:])
+    assert "interrupted: the parts written so far are kept" in stdout and "scored " in stdout
+    leftovers = [p for p in psutil.process_iter() if _session(p.pid) == driver.pid]
+    _, alive = psutil.wait_procs(leftovers, timeout=60)
+    assert not alive, f"Ray processes left behind: {[p.name() for p in alive]}"
+    after_ctrl_c = PartWriter(str(out)).written_keys()
+    assert 0 < len(after_ctrl_c) < len(truth)
+
+    # the rerun resumes, writes a part and is killed (SIGKILL) like a job on a lost machine
+    driver, _ = _start_driver(root, out)
     driver.kill()
-    driver.wait()
-    # the whole job dies at once, as on a lost machine: its Ray processes too (they share the
-    # driver's session), instead of waiting for Ray's fate sharing to stop them
+    driver.communicate()
+    # the whole job dies at once: its Ray processes too (they share the driver's session),
+    # instead of waiting for Ray's fate sharing to stop them
     leftovers = [p for p in psutil.process_iter() if _session(p.pid) == driver.pid]
     for process in leftovers:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -153,14 +176,16 @@ def test_killed_run_resumes_exactly_once(ray_local, tmp_path):
     psutil.wait_procs(leftovers, timeout=60)
     assert driver.returncode == -signal.SIGKILL
     written = PartWriter(str(out)).written_keys()
-    assert 0 < len(written) < len(truth), "the run must be killed midway"
+    assert set(after_ctrl_c) < set(written) and len(written) < len(truth), (
+        "the rerun must add parts and be killed midway")
 
+    # resumed on the session's Ray with other batching (settings that do not change a row)
     summary = run_score(ScoreConfig(dataset="lamem", root=str(root), encoder=ENCODER,
-                                        out=str(out), batch_size=16, no_progress=True))
+                                    out=str(out), batch_size=16, no_progress=True))
     assert summary.skipped == len(written)
     assert summary.rows == len(truth) - len(written) and summary.errors == 0
     ids = open_table(out).to_table(columns=["image_id"]).column(0).to_pylist()
-    assert len(ids) == len(truth) and set(ids) == set(truth["image_id"])
+    assert sorted(ids) == sorted(truth["image_id"])
 
 
 def _session(pid: int) -> int | None:
@@ -298,41 +323,3 @@ def test_files_that_are_not_images_are_counted(ray_local, folder, tmp_path, caps
     assert "files that are not images, not scored: 1 .csv, 1 .heic, 1 .txt" in printed  # csv: scores
 
 
-def test_ctrl_c_keeps_the_parts_prints_the_summary_and_leaves_no_ray_behind(ray_local, tmp_path):
-    root, out = tmp_path / "lamem", tmp_path / "scores"
-    truth = synthetic.write_lamem(root, n_images=120, seed=7, image_size=32)
-    command = [
-        sys.executable, "-m", "pipelines.score", "-v", "--dataset", "lamem", "--root", str(root),
-        "--encoder", ENCODER, "--out", str(out), "--batch-size", "2", "--rows-per-part", "4",
-        "--no-progress",
-    ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)
-    wrote = threading.Event()
-    stderr_lines: list[str] = []
-
-    def watch(stream):
-        for line in stream:
-            stderr_lines.append(line)
-            if "wrote part" in line:
-                wrote.set()
-
-    threading.Thread(target=watch, args=(driver.stderr,), daemon=True).start()
-    assert wrote.wait(timeout=300), "the driver wrote no part"
-    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
-    stdout, _ = driver.communicate(timeout=300)
-    assert driver.returncode == 130, (stdout, stderr_lines[-5:])
-    assert "interrupted: the parts written so far are kept" in stdout and "scored " in stdout
-    leftovers = [p for p in psutil.process_iter() if _session(p.pid) == driver.pid]
-    _, alive = psutil.wait_procs(leftovers, timeout=60)
-    assert not alive, f"Ray processes left behind: {[p.name() for p in alive]}"
-    written = PartWriter(str(out)).written_keys()
-    assert 0 < len(written) < len(truth)
-    # resumed on the session's Ray with other batching (settings that do not change a row)
-    summary = run_score(ScoreConfig(dataset="lamem", root=str(root), encoder=ENCODER,
-                                    out=str(out), batch_size=16, no_progress=True))
-    assert summary.skipped == len(written) and summary.rows == len(truth) - len(written)
-    ids = open_table(out).to_table(columns=["image_id"]).column(0).to_pylist()
-    assert sorted(ids) == sorted(truth["image_id"])

@@ -1,23 +1,13 @@
-"""Ray Tune search over guidance settings, on a multi-node local cluster with fake GPU types.
+"""Ray Tune search over guidance settings: settings checks, trial resources, score, progress.
 
-The cluster test needs a Ray cluster of its own (nodes advertising different accelerator
-types), which cannot coexist with the session's ``ray_local`` cluster in one process: it runs
-the search in a child Python process that starts ``ray.cluster_utils.Cluster``, connects, runs
-the pipeline and shuts everything down. The pytest process's Ray state is never touched.
+The search itself runs end to end on a multi-node cluster whose GPU nodes advertise different
+accelerator types, through ``ray job submit``: ``tests/cluster/test_multinode_jobs.py``
+(``test_tune_guidance_job_places_trials_on_their_gpu_type``).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pandas as pd
 import pytest
-import yaml
 
 from neuromem.errors import InputError
 from neuromem.generation.tuning import check_settings, guided_step_range, trial_score
@@ -48,64 +38,6 @@ SETTINGS = {
     "asha": {"grace_period": 1, "reduction_factor": 2},
     "resources": {"CPU": 1, "GPU": 1},
 }
-
-DRIVER = """
-import json, sys
-import ray
-from ray.cluster_utils import Cluster
-from neuromem.cli import run_module
-
-cluster = Cluster()
-try:
-    cluster.add_node(num_cpus=0)  # head: no trial fits on it
-    nodes = {t: cluster.add_node(num_cpus=1, num_gpus=1, resources={f"accelerator_type:{t}": 1})
-             for t in ("A100", "H100")}
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    code = run_module("pipelines.tune_guidance", ["--config", sys.argv[1], "--out", sys.argv[2]])
-    json.dump({t: n.node_id for t, n in nodes.items()}, open(sys.argv[3], "w"))
-finally:
-    ray.shutdown()
-    cluster.shutdown()
-sys.exit(code)
-"""
-
-
-def test_trials_land_on_the_accelerator_type_their_config_names(tmp_path: Path):
-    config_path = tmp_path / "guidance.yaml"
-    config_path.write_text(yaml.safe_dump(SETTINGS))
-    out = tmp_path / "out"
-    node_file = tmp_path / "nodes.json"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(config_path), str(out), str(node_file)],
-        env=env, capture_output=True, text=True, timeout=500,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    node_of_type = json.loads(node_file.read_text())
-
-    trials = pd.read_parquet(out / "trials.parquet")
-    assert sorted(trials["config/accelerator_type"]) == list(ACCELERATORS)
-    for _, trial in trials.iterrows():
-        wanted = trial["config/accelerator_type"]
-        assert trial["node_accelerator_types"] == wanted
-        assert trial["node_id"] == node_of_type[wanted]
-        assert 1 <= trial["training_iteration"] <= len(SETTINGS["prompts"])
-        assert trial["images"] == trial["training_iteration"]
-        assert math.isfinite(trial["score"])
-        assert trial["score"] == pytest.approx(
-            trial["gain"] - trial["artifact"] - trial["fidelity_loss"])
-        assert 1000.0 <= trial["config/scale"] <= 30000.0
-
-    best = yaml.safe_load((out / "best_config.yaml").read_text())
-    assert best["metrics"]["score"] == pytest.approx(trials["score"].max())
-    assert best["guide"]["encoder"] == "clip-probe:tiny"
-    assert best["eval_encoder"] == "tribev2:tiny"
-    assert (best["guide"]["first_step"], best["guide"]["last_step"]) == (0, 1)
-    assert best["guide"]["surrogate_layer"] in (None, 2) and best["guide"]["trunc_layer"] is None
-    assert best["guide"]["grad_path"] in ("x0", "unet")
-
 
 def test_settings_are_checked():
     check_settings(SETTINGS)
