@@ -16,7 +16,9 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from neuromem.analysis.correlation import N_BOOTSTRAP, SPEARMAN_CI_METHODS
 from neuromem.analysis.vertexwise import Controls, GroupedVertexMoments, VertexMoments
 from neuromem.errors import InputError, UnknownNameError
 from neuromem.runtime.config import JobConfig
-from neuromem.runtime.progress import StageTimer, progress_bar
+from neuromem.runtime.progress import StageTimer, progress_bar, track
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ MIN_ROWS = 3
 #: Largest set of per-category vertex moments (bytes) a partial vertex map may keep in one
 #: process: about 2,000 category levels with no covariate.
 MAX_MOMENTS_BYTES = 2 * 1024**3
+
+#: A figure still to draw (a call that writes it and returns its path) and its caption.
+Drawing = tuple[Callable[[], Path], str]
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class DecomposeConfig(JobConfig):
     address : str or None
         Ray cluster address.
     no_progress : bool
-        No progress bars (ROI statistics, vertex pass, spin test).
+        No progress bars (ROI statistics, vertex pass, spin test, figures).
     """
 
     tables: tuple[str, ...]
@@ -302,10 +307,10 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     predictors = predictor_names(list(config.tables), metadata)
 
     with staged_output(config.out) as out_dir:
-        figures: list[tuple[str, str]] = []
+        vertex_drawings: list[Drawing] = []
         vertex_maps = None
         if config.vertices:
-            figures, vertex_maps = _vertex_statistics(
+            vertex_drawings, vertex_maps = _vertex_statistics(
                 config, primary, metadata[0], primary_records, notes, out_dir, used_ray, timer,
                 controls)
         agreement, summary = [], {}
@@ -319,8 +324,10 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
                                  vertex_maps=vertex_maps)
         write_json(out_dir / "results.json", results)
         with timer.stage("figures and report"):
-            figures = _roi_figures(config, frames[0], rois, primary_records, predictors[0],
-                                   category, out_dir) + figures
+            drawings = _roi_figures(config, frames[0], rois, primary_records, predictors[0],
+                                    category, out_dir) + vertex_drawings
+            figures = [(draw().name, caption) for draw, caption in track(
+                drawings, desc="figures", unit="figure", enabled=not config.no_progress)]
             settings = {**config.to_dict(), "category": category,
                         "covariates": config.covariate_list}
             from neuromem.analysis.report import write_report
@@ -352,9 +359,10 @@ def _controls(config: DecomposeConfig, frame, category: str | None) -> Controls 
 
 def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records: list[dict],
                        notes: list[str], out_dir, used_ray: bool, timer: StageTimer,
-                       controls: Controls | None) -> tuple[list[tuple[str, str]], dict]:
+                       controls: Controls | None) -> tuple[list[Drawing], dict]:
     """Vertex maps (raw and, with controls, partial), sign coherence and spin tests into
-    ``records``; returns the figures and the ``vertex_maps`` record of ``results.json``."""
+    ``records``; returns the figures to draw and the ``vertex_maps`` record of
+    ``results.json``."""
     from neuromem.analysis.report import plot_coherence_histograms
     from neuromem.analysis.roi_stats import add_family_q
     from neuromem.analysis.spin import spin_test
@@ -403,7 +411,7 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
                                                     unit="spin",
                                                     enabled=not config.no_progress) as bar:
             indices_sv = cached_spin_indices(config.spins, config.seed, on_spin=bar.update)
-    figures = []
+    drawings: list[Drawing] = []
     for prefix, map_v in maps.items():
         masked_v = mask_unlabelled(map_v, roi_set.labelled_v)
         _add_vertex_records(records, prefix, roi_sign_coherence(masked_v, roi_idx),
@@ -417,16 +425,15 @@ def _vertex_statistics(config: DecomposeConfig, primary, metadata: dict, records
                          "or a constant memorability once the controls are partialled out): "
                          "no figure.")
             continue
-        with timer.stage("figures and report"):
-            figures.append((plot_surface_map(
-                map_v, out_dir / f"vertex_{prefix}r.png", roi_set=roi_set,
-                title=f"vertex {what} with {config.memorability}").name,
-                f"Vertex {what} with memorability (inflated fsaverage5)"))
-            if roi_idx:
-                figures.append((plot_coherence_histograms(
-                    masked_v, roi_idx, out_dir / f"coherence{'_partial' if prefix else ''}.png"
-                ).name, f"Vertex {what} within each ROI (medial wall left out)"))
-    return figures, record
+        drawings.append((partial(plot_surface_map, map_v, out_dir / f"vertex_{prefix}r.png",
+                                 roi_set=roi_set,
+                                 title=f"vertex {what} with {config.memorability}"),
+                         f"Vertex {what} with memorability (inflated fsaverage5)"))
+        if roi_idx:
+            drawings.append((partial(plot_coherence_histograms, masked_v, roi_idx,
+                                     out_dir / f"coherence{'_partial' if prefix else ''}.png"),
+                             f"Vertex {what} within each ROI (medial wall left out)"))
+    return drawings, record
 
 
 def _add_vertex_records(records: list[dict], prefix: str, coherence: dict, spins: dict) -> None:
@@ -446,12 +453,12 @@ def _add_vertex_records(records: list[dict], prefix: str, coherence: dict, spins
 
 
 def _roi_figures(config: DecomposeConfig, frame, rois: list[str], records: list[dict],
-                 predictor: str, category: str | None, out_dir) -> list[tuple[str, str]]:
+                 predictor: str, category: str | None, out_dir) -> list[Drawing]:
     from neuromem.analysis.report import plot_roi_bars, plot_roi_scatter
 
-    bars = plot_roi_bars(records, out_dir / "roi_bars.png",
-                         title=f"{predictor}: ROI r with {config.memorability}")
-    scatter = plot_roi_scatter(frame, rois, config.memorability, out_dir / "roi_scatter.png",
-                               category=category, seed=config.seed)
-    return [(bars.name, "ROI correlations with memorability (95 % CI; diamonds: partial r)"),
-            (scatter.name, "ROI response against memorability")]
+    return [(partial(plot_roi_bars, records, out_dir / "roi_bars.png",
+                     title=f"{predictor}: ROI r with {config.memorability}"),
+             "ROI correlations with memorability (95 % CI; diamonds: partial r)"),
+            (partial(plot_roi_scatter, frame, rois, config.memorability,
+                     out_dir / "roi_scatter.png", category=category, seed=config.seed),
+             "ROI response against memorability")]

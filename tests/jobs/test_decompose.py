@@ -253,9 +253,11 @@ def test_long_stages_show_progress_with_rate_and_eta(tables, tmp_path, capsys, m
     err = capsys.readouterr().err
     bars = {line.split(":")[0].strip(): line for line in err.replace("\r", "\n").splitlines()
             if "100%" in line}
-    assert {"ROI statistics", "vertex pass", "spin test"} <= set(bars), err
+    assert {"ROI statistics", "vertex pass", "spin test", "figures"} <= set(bars), err
     assert "3/3" in bars["ROI statistics"] and "90/90" in bars["vertex pass"]
     assert "4/4" in bars["spin test"]
+    figures = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert f"{len(figures)}/{len(figures)}" in bars["figures"], figures  # every figure counted
     assert all("<" in line and ("/s" in line or "s/" in line) for line in bars.values())  # rate, ETA
     assert main([*argv[:3], str(tmp_path / "b"), *argv[4:], "--no-progress"]) == 0
     assert "100%" not in capsys.readouterr().err
