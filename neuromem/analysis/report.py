@@ -115,20 +115,30 @@ def plot_roi_scatter(
 def plot_coherence_histograms(
     r_v: np.ndarray, roi_indices: Mapping[str, np.ndarray], out_png: str | Path
 ) -> Path:
-    """Histogram of vertex r within each ROI, with the fractions below and above zero."""
+    """Histogram of vertex r within each ROI, with the fractions below and above zero.
+
+    One panel per ROI, four per row, on one x range. The margins are fixed in inches rather
+    than found by ``tight_layout``, and each histogram is one filled outline rather than 30
+    bars: with the 39 default ROIs this halves the figure's cost (3.5 -> 2.0 s on 2 cores),
+    the longest part of a ``decompose --vertices`` run after the statistics.
+    """
     plt = _pyplot()
     names = list(roi_indices)
     n_cols = min(4, max(1, len(names)))
     n_rows = int(np.ceil(len(names) / n_cols))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.0 * n_cols, 2.4 * n_rows), squeeze=False)
+    width_in, height_in = 3.0 * n_cols, 2.4 * n_rows
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width_in, height_in), squeeze=False)
+    fig.subplots_adjust(left=0.55 / width_in, right=1 - 0.15 / width_in,
+                        bottom=0.5 / height_in, top=1 - 0.3 / height_in, wspace=0.35, hspace=0.6)
     finite_all = r_v[np.isfinite(r_v)]
     lim = float(np.max(np.abs(finite_all))) if finite_all.size else 1.0
     bins = np.linspace(-lim, lim, 31)
     for ax, roi in zip(axes.flat, names, strict=False):
         values = r_v[np.asarray(roi_indices[roi])]
         values = values[np.isfinite(values)]
-        ax.hist(values, bins=bins, color="#7f8c8d")
+        ax.stairs(np.histogram(values, bins=bins)[0], bins, fill=True, color="#7f8c8d")
         ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlim(-lim, lim)
         if values.size:
             ax.set_title(
                 f"{roi}: {np.mean(values < 0):.0%} < 0, {np.mean(values > 0):.0%} > 0", fontsize=8
@@ -136,7 +146,6 @@ def plot_coherence_histograms(
         ax.set_xlabel("vertex r", fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
-    fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
