@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``neuromem decompose``."""
     parser.add_argument("tables", nargs="+", metavar="TABLE",
                         help="score tables (folder, file or URI); the first is the primary one")
-    options.add_out(parser, what="output folder", overwrite=False)
+    options.add_out(parser, what="output folder")
     parser.add_argument("--memorability", default="memorability", help="memorability column")
     parser.add_argument("--category", default=None,
                         help="category column (default: 'category' when the table has it)")

@@ -39,6 +39,11 @@ MIN_ROWS = 3
 #: process: about 2,000 category levels with no covariate.
 MAX_MOMENTS_BYTES = 2 * 1024**3
 
+#: Files a decomposition writes into its output folder (removed before a rerun writes afresh).
+OUTPUTS = ("results.json", "report.md", "report.html", "vertex_r.npy", "vertex_partial_r.npy",
+           "roi_bars.png", "roi_scatter.png", "vertex_r.png", "vertex_partial_r.png",
+           "coherence.png", "coherence_partial.png")
+
 #: A figure still to draw (a call that writes it and returns its path) and its caption.
 Drawing = tuple[Callable[[], Path], str]
 
@@ -77,6 +82,8 @@ class DecomposeConfig(JobConfig):
         Run the vertex pass as Ray tasks, one per file.
     address : str or None
         Ray cluster address.
+    overwrite : bool
+        Replace a decomposition made with other settings in ``out`` instead of refusing.
     no_progress : bool
         No progress bars (ROI statistics, vertex pass, spin test, figures).
     """
@@ -94,6 +101,7 @@ class DecomposeConfig(JobConfig):
     rois: str = "default"
     ray: bool = False
     address: str | None = None
+    overwrite: bool = False
     no_progress: bool = False
     covariate_list: list[str] = field(default_factory=list, init=False, repr=False,
                                       compare=False)
@@ -117,6 +125,11 @@ class DecomposeConfig(JobConfig):
         record = super().to_dict()
         record.pop("covariate_list", None)
         return record
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that shape the outputs (a rerun into ``out`` must repeat them)."""
+        operational = ("out", "overwrite", "ray", "address", "no_progress")
+        return {k: v for k, v in self.to_dict().items() if k not in operational}
 
 
 @dataclass
@@ -247,7 +260,8 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     from neuromem.analysis.results import predictor_names, report_blocks, results_record
     from neuromem.analysis.roi_stats import check_columns, numeric_column, roi_statistics
     from neuromem.runtime.provenance import versions
-    from neuromem.runtime.storage import check_writable, staged_output, write_json
+    from neuromem.runtime.storage import join_uri, remove, staged_output, write_json
+    from neuromem.scoring.output import prepare_run
     from neuromem.scoring.table import VERTICES_COLUMN, open_table, read_metadata, roi_columns
 
     config.check()
@@ -291,7 +305,11 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
             raise InputError(f"--covariates {covariate!r} has no finite value in "
                              f"{config.tables[0]}")
     controls = _controls(config, frames[0], category) if config.vertices else None
-    check_writable(config.out)  # every table is usable: only now make the output folder
+    # every table is usable: only now make the output folder, refusing one that holds a
+    # decomposition made with other settings; a rerun leaves nothing of the earlier one
+    prepare_run(config.out, config.run_settings(), overwrite=config.overwrite, outputs=OUTPUTS)
+    for name in OUTPUTS:
+        remove(join_uri(config.out, name))
 
     records = []
     for i, (frame, table_rois) in enumerate(zip(frames, frame_rois, strict=True)):

@@ -233,6 +233,34 @@ def test_no_usable_rows_bad_options_and_unwritable_out_are_one_line(tables, tmp_
     assert "cannot write to" in err and len(err.splitlines()) == 1
 
 
+def test_a_rerun_with_other_settings_refuses_and_overwrite_leaves_nothing_stale(
+        tables, tmp_path, capsys):
+    base, _ = tables
+    out = tmp_path / "out"
+    first = ["decompose", str(base / "tribe"), "--out", str(out), "--vertices", "--spins", "4",
+             "--bootstrap", "0", "--no-progress"]
+    assert main(first) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert {"vertex_r.npy", "vertex_partial_r.npy", "coherence.png"} <= set(before)
+    capsys.readouterr()
+
+    other = ["decompose", str(base / "tribe"), "--out", str(out), "--bootstrap", "0",
+             "--seed", "5", "--no-progress"]
+    assert main(other) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run made with other settings" in err and "--overwrite" in err
+    assert "vertices" in err and "seed" in err and len(err.splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
+
+    assert main(first) == 0  # the same settings again: a fresh decomposition, same files
+    assert {p.name for p in out.iterdir()} == set(before)
+
+    assert main([*other, "--overwrite"]) == 0
+    left = {p.name for p in out.iterdir()}
+    assert not {p for p in left if p.startswith(("vertex_", "coherence"))}, left  # none stale
+    assert json.loads((out / "results.json").read_text())["seed"] == 5
+
+
 def test_decompose_writes_to_a_uri(tables, tmp_path):
     base, _ = tables
     target = tmp_path / "remote"
