@@ -307,7 +307,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
     controls = _controls(config, frames[0], category) if config.vertices else None
     # every table is usable: only now make the output folder, refusing one that holds a
     # decomposition made with other settings; a rerun leaves nothing of the earlier one
-    prepare_run(config.out, config.run_settings(), overwrite=config.overwrite, outputs=OUTPUTS)
+    prepare_run(config.out, config.run_settings(), overwrite=config.overwrite)
     for name in OUTPUTS:
         remove(join_uri(config.out, name))
 
@@ -342,7 +342,7 @@ def run_decompose(config: DecomposeConfig) -> DecomposeSummary:
                                  vertex_maps=vertex_maps)
         write_json(out_dir / "results.json", results)
         with timer.stage("figures and report"):
-            drawings = _roi_figures(config, frames[0], rois, primary_records, predictors[0],
+            drawings = _roi_drawings(config, frames[0], rois, primary_records, predictors[0],
                                     category, out_dir) + vertex_drawings
             figures = [(draw().name, caption) for draw, caption in track(
                 drawings, desc="figures", unit="figure", enabled=not config.no_progress)]
@@ -470,7 +470,7 @@ def _add_vertex_records(records: list[dict], prefix: str, coherence: dict, spins
             rec[f"{prefix}spin_p_coherence"] = value(spins[roi].p_coherence)
 
 
-def _roi_figures(config: DecomposeConfig, frame, rois: list[str], records: list[dict],
+def _roi_drawings(config: DecomposeConfig, frame, rois: list[str], records: list[dict],
                  predictor: str, category: str | None, out_dir) -> list[Drawing]:
     from neuromem.analysis.report import plot_roi_bars, plot_roi_scatter
 
